@@ -1,0 +1,3 @@
+from nanobot.cli.commands import app
+
+app()

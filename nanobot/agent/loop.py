@@ -1,0 +1,320 @@
+"""The agent loop: take a message, run its turn under the conversation lock, send the reply.
+
+One turn = load the conversation's history, ask the LLM (running the tools it calls), publish the reply,
+save the history. Turns of one conversation run one at a time and in arrival order; different
+conversations run concurrently (see nanobot/session/locks.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nanobot.agent.context import ContextBuilder
+from nanobot.agent.runner import ProgressCallback, run_tool_loop
+from nanobot.agent.subagent import SubagentManager
+from nanobot.agent.tools.message import MessageTool
+from nanobot.agent.tools.registry import ToolRegistry
+from nanobot.agent.tools.spawn import Spawner, SpawnTool
+from nanobot.agent.toolset import workspace_tools
+from nanobot.agent.turn import TurnContext, current_turn
+from nanobot.agent.workspace import init_workspace
+from nanobot.bus.events import InboundMessage, OutboundMessage
+from nanobot.bus.queue import MessageBus
+from nanobot.config.schema import Config, ToolsConfig
+from nanobot.providers.base import LLMProvider
+from nanobot.session.locks import ConversationLockManager, LocalConversationLockManager, LockLease
+from nanobot.session.manager import Session, SessionManager
+
+if TYPE_CHECKING:
+    from nanobot.cron.service import CronService
+
+log = logging.getLogger(__name__)
+
+HELP_TEXT = (
+    "nanobot commands:\n"
+    "/new — archive this conversation to memory and start a fresh one\n"
+    "/stop — stop the turn that is running in this conversation\n"
+    "/help — this list"
+)
+STOPPED_TEXT = "⏹ Stopped."
+ERROR_TEXT = "Sorry, something went wrong while handling your message ({error}). Please try again."
+
+
+class AgentLoop:
+    def __init__(
+        self,
+        bus: MessageBus,
+        provider: LLMProvider,
+        workspace: Path,
+        *,
+        model: str | None = None,
+        max_iterations: int = 40,
+        temperature: float = 0.1,
+        max_tokens: int = 8192,
+        memory_window: int = 100,
+        tools_config: ToolsConfig | None = None,
+        cron_service: CronService | None = None,
+        sessions: SessionManager | None = None,
+        locks: ConversationLockManager | None = None,
+        spawner: Spawner | None = None,
+        reload_history: bool = False,
+    ) -> None:
+        self.bus = bus
+        self.provider = provider
+        self.workspace = Path(workspace).expanduser()
+        init_workspace(self.workspace)
+        self.model = model or provider.get_default_model()
+        self.max_iterations = max_iterations
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.memory_window = memory_window
+        self.tools_config = tools_config or ToolsConfig()
+        self.context = ContextBuilder(self.workspace)
+        self.sessions = sessions or SessionManager(self.workspace)
+        self.locks = locks or LocalConversationLockManager()
+        # With several processes sharing history, re-read it under the lock on every turn.
+        self.reload_history = reload_history
+        self.subagents = SubagentManager(provider, self.workspace, bus, self.tools_config, self.model)
+        self.tools = self._build_tools(spawner or self.subagents, cron_service)
+        self._running = False
+        self._active: dict[str, set[asyncio.Task[Any]]] = {}  # session key -> its turn tasks
+        self._stopped: set[asyncio.Task[Any]] = set()  # tasks cancelled by /stop (not by shutdown)
+
+    @classmethod
+    def from_config(cls, config: Config, bus: MessageBus, provider: LLMProvider, **kwargs: Any) -> AgentLoop:
+        d = config.agents.defaults
+        kwargs.setdefault("locks", LocalConversationLockManager(d.max_concurrent_turns))
+        return cls(
+            bus,
+            provider,
+            config.workspace_path,
+            max_iterations=d.max_tool_iterations,
+            temperature=d.temperature,
+            max_tokens=d.max_tokens,
+            memory_window=d.memory_window,
+            tools_config=config.tools,
+            **kwargs,
+        )
+
+    def _build_tools(self, spawner: Spawner, cron_service: CronService | None) -> ToolRegistry:
+        tools = workspace_tools(self.workspace, self.tools_config)
+        tools.register(MessageTool(self.bus.publish_outbound))
+        tools.register(SpawnTool(spawner))
+        if cron_service is not None:
+            from nanobot.agent.tools.cron import CronTool
+
+            tools.register(CronTool(cron_service))
+        return tools
+
+    # ------------------------------------------------------------------ the bus loop
+    async def run(self) -> None:
+        """Consume inbound messages until `stop()`; each turn runs as its own task."""
+        self._running = True
+        log.info("agent loop started (model=%s)", self.model)
+        try:
+            while self._running:
+                try:
+                    msg = await asyncio.wait_for(self.bus.consume_inbound(), timeout=1.0)
+                except TimeoutError:
+                    continue
+                if msg.content.strip().lower() == "/stop":
+                    await self._handle_stop(msg)
+                    continue
+                # The task asks for the conversation lock before it awaits anything else, so turns of one
+                # conversation queue on the lock in the order they were consumed here.
+                self._track(msg.session_key, asyncio.create_task(self._dispatch(msg)))
+        finally:
+            await self._cancel_all()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def _track(self, session_key: str, task: asyncio.Task[Any]) -> None:
+        tasks = self._active.setdefault(session_key, set())
+        tasks.add(task)
+
+        def forget(t: asyncio.Task[Any]) -> None:
+            tasks.discard(t)
+            self._stopped.discard(t)
+            if not tasks and self._active.get(session_key) is tasks:
+                del self._active[session_key]
+
+        task.add_done_callback(forget)
+
+    async def _cancel_all(self) -> None:
+        tasks = [t for ts in self._active.values() for t in ts]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _handle_stop(self, msg: InboundMessage) -> None:
+        tasks = [t for t in self._active.get(msg.session_key, ()) if not t.done()]
+        for t in tasks:
+            self._stopped.add(t)
+            t.cancel()
+        subagents = self.subagents.cancel_session(msg.session_key)
+        log.info("session=%s message_id=%s /stop: %d turn(s), %d subagent(s)",
+                 msg.session_key, msg.message_id, len(tasks), subagents)
+        stopped = len(tasks) + subagents
+        text = f"⏹ Stopped {stopped} task(s)." if stopped else "Nothing is running in this conversation."
+        await self.bus.publish_outbound(
+            OutboundMessage(channel=msg.channel, chat_id=msg.chat_id, content=text, reply_to=msg.message_id)
+        )
+
+    async def _dispatch(self, msg: InboundMessage) -> None:
+        """Run one bus turn under its conversation lock and publish what it answers."""
+        try:
+            async with self.locks.hold(msg.session_key) as lease:
+                reply = await self.run_turn(msg, lease)
+                if reply is not None:
+                    await self.bus.publish_outbound(reply)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task not in self._stopped:
+                raise
+            channel, chat_id = reply_target(msg)
+            await self.bus.publish_outbound(
+                OutboundMessage(channel=channel, chat_id=chat_id, content=STOPPED_TEXT, reply_to=msg.message_id)
+            )
+
+    # ------------------------------------------------------------------ one turn
+    async def run_turn(self, msg: InboundMessage, lease: LockLease | None = None) -> OutboundMessage | None:
+        """Process a message whose conversation lock is held. Never raises, except cancellation: an error
+        becomes an apology reply, so a person always gets an answer."""
+        started = time.monotonic()
+        waited = lease.waited_s if lease else 0.0
+        log.info("turn start session=%s message_id=%s channel=%s lock_wait_ms=%.1f",
+                 msg.session_key, msg.message_id, msg.channel, waited * 1000)
+        try:
+            reply = await self._process_message(msg)
+        except asyncio.CancelledError:
+            log.info("turn cancelled session=%s message_id=%s", msg.session_key, msg.message_id)
+            raise
+        except Exception as exc:
+            log.exception("turn failed session=%s message_id=%s", msg.session_key, msg.message_id)
+            channel, chat_id = reply_target(msg)
+            reply = OutboundMessage(
+                channel=channel, chat_id=chat_id, content=ERROR_TEXT.format(error=type(exc).__name__),
+                reply_to=msg.message_id,
+            )
+        log.info("turn done session=%s message_id=%s duration_ms=%.1f",
+                 msg.session_key, msg.message_id, (time.monotonic() - started) * 1000)
+        return reply
+
+    async def _process_message(
+        self, msg: InboundMessage, on_progress: ProgressCallback | None = None
+    ) -> OutboundMessage | None:
+        channel, chat_id = reply_target(msg)
+        key = msg.session_key
+        if self.reload_history:
+            self.sessions.invalidate(key)
+        session = self.sessions.get_or_create(key)
+
+        command = msg.content.strip().lower()
+        if msg.channel != "system" and command in ("/new", "/help"):
+            text = HELP_TEXT if command == "/help" else await self._start_new_session(session)
+            return OutboundMessage(channel=channel, chat_id=chat_id, content=text, reply_to=msg.message_id)
+
+        turn = TurnContext(channel=channel, chat_id=chat_id, session_key=key, message_id=msg.message_id)
+        token = current_turn.set(turn)
+        try:
+            messages = self.context.build_messages(
+                session.get_history(self.memory_window), msg.content, channel, chat_id, msg.media
+            )
+            result = await run_tool_loop(
+                self.provider,
+                messages,
+                self.tools,
+                model=self.model,
+                max_iterations=self.max_iterations,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                on_progress=on_progress or self._progress_publisher(msg, channel, chat_id),
+                log_prefix=f"session={key} message_id={msg.message_id} ",
+            )
+        finally:
+            current_turn.reset(token)
+
+        content = result.content or "I have nothing to add."
+        session.add_message("user", msg.content, media=msg.media or None)
+        for m in result.new_messages:
+            session.add_message(**m)
+        session.add_message("assistant", content, tools_used=result.tools_used or None)
+        await self._maybe_consolidate(session)
+        self.sessions.save(session)
+
+        if turn.replied_in_turn:
+            return None
+        return OutboundMessage(channel=channel, chat_id=chat_id, content=content, reply_to=msg.message_id)
+
+    def _progress_publisher(self, msg: InboundMessage, channel: str, chat_id: str) -> ProgressCallback:
+        async def publish(text: str, is_tool_hint: bool) -> None:
+            await self.bus.publish_outbound(
+                OutboundMessage(
+                    channel=channel,
+                    chat_id=chat_id,
+                    content=text,
+                    reply_to=msg.message_id,
+                    metadata={"_progress": True, "_tool_hint": is_tool_hint},
+                )
+            )
+
+        return publish
+
+    async def _start_new_session(self, session: Session) -> str:
+        ok = await self.context.memory.consolidate(
+            session, self.provider, self.model, keep_last=0, archive_all=True
+        )
+        if not ok:
+            return "I could not archive this conversation to memory, so I kept it. Please try /new again."
+        session.clear()
+        self.sessions.save(session)
+        return "New session started. The previous conversation is archived in memory."
+
+    async def _maybe_consolidate(self, session: Session) -> None:
+        if len(session.messages) - session.last_consolidated < self.memory_window:
+            return
+        try:
+            await self.context.memory.consolidate(
+                session, self.provider, self.model, keep_last=self.memory_window // 2
+            )
+        except Exception:
+            log.exception("session=%s memory consolidation failed; history kept as is", session.key)
+
+    # ------------------------------------------------------------------ direct use (CLI, cron, heartbeat)
+    async def process_direct(
+        self,
+        content: str,
+        session_key: str = "cli:direct",
+        channel: str = "cli",
+        chat_id: str = "direct",
+        on_progress: ProgressCallback | None = None,
+    ) -> str:
+        """Run one turn outside the bus, in session `session_key`, under that conversation's lock."""
+        msg = InboundMessage(
+            channel=channel, sender_id="user", chat_id=chat_id, content=content, session_key_override=session_key
+        )
+        async with self.locks.hold(session_key) as lease:
+            log.info("direct turn session=%s message_id=%s lock_wait_ms=%.1f",
+                     session_key, msg.message_id, lease.waited_s * 1000)
+            reply = await self._process_message(msg, on_progress=on_progress)
+        return reply.content if reply else ""
+
+    async def close(self) -> None:
+        await self.provider.close()
+
+
+def reply_target(msg: InboundMessage) -> tuple[str, str]:
+    """Where the answer to `msg` goes: its own chat, or for a system message the chat it reports to."""
+    if msg.channel == "system":
+        origin_channel = msg.metadata.get("origin_channel")
+        origin_chat = msg.metadata.get("origin_chat_id")
+        if origin_channel and origin_chat:
+            return str(origin_channel), str(origin_chat)
+        channel, _, chat_id = msg.chat_id.partition(":")
+        return (channel, chat_id) if chat_id else ("cli", msg.chat_id)
+    return msg.channel, msg.chat_id

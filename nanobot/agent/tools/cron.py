@@ -1,0 +1,89 @@
+"""The cron tool: the agent schedules reminders and recurring tasks for the current chat."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from nanobot.agent.tools.base import Tool
+from nanobot.agent.turn import turn_or_none
+from nanobot.cron.types import CronSchedule
+
+if TYPE_CHECKING:
+    from nanobot.cron.service import CronService
+
+
+def schedule_from_args(args: dict[str, Any]) -> CronSchedule:
+    """Exactly one of every_seconds, cron_expr (with optional tz) or at (ISO date-time)."""
+    given = [k for k in ("every_seconds", "cron_expr", "at") if args.get(k) not in (None, "")]
+    if len(given) != 1:
+        raise ValueError("give exactly one of every_seconds, cron_expr or at")
+    if args.get("tz") and given[0] != "cron_expr":
+        raise ValueError("tz only goes with cron_expr")
+    if given[0] == "every_seconds":
+        return CronSchedule(kind="every", every_ms=int(args["every_seconds"] * 1000))
+    if given[0] == "cron_expr":
+        return CronSchedule(kind="cron", expr=args["cron_expr"], tz=args.get("tz") or None)
+    try:
+        when = datetime.fromisoformat(args["at"])
+    except ValueError as exc:
+        raise ValueError(f"at: not an ISO date-time: {args['at']!r}") from exc
+    return CronSchedule(kind="at", at_ms=int(when.timestamp() * 1000))
+
+
+class CronTool(Tool):
+    name = "cron"
+    description = (
+        "Schedule, list or remove jobs. A job gives you its message as a task when it fires, and your "
+        "answer goes to the chat it was created from."
+    )
+    parameters = {
+        "type": "object",
+        "properties": {
+            "action": {"type": "string", "enum": ["add", "list", "remove"]},
+            "message": {"type": "string", "description": "add: the task or reminder text."},
+            "every_seconds": {"type": "integer", "minimum": 1, "description": "add: repeat interval."},
+            "cron_expr": {"type": "string", "description": "add: cron expression, e.g. '0 9 * * *'."},
+            "tz": {"type": "string", "description": "add: IANA timezone for cron_expr."},
+            "at": {"type": "string", "description": "add: ISO date-time for a one-time job."},
+            "job_id": {"type": "string", "description": "remove: the job id."},
+        },
+        "required": ["action"],
+        "additionalProperties": False,
+    }
+
+    def __init__(self, cron: CronService) -> None:
+        self._cron = cron
+
+    async def execute(self, **kwargs: Any) -> str:
+        action = kwargs["action"]
+        if action == "list":
+            jobs = self._cron.list_jobs(include_disabled=True)
+            if not jobs:
+                return "No scheduled jobs."
+            return "\n".join(
+                f"- {j.id} {j.name!r} ({j.schedule.kind}, {'on' if j.enabled else 'off'})" for j in jobs
+            )
+        if action == "remove":
+            job_id = kwargs.get("job_id")
+            if not job_id:
+                return "Error: remove needs job_id"
+            return f"Removed job {job_id}" if self._cron.remove_job(job_id) else f"Error: no job {job_id}"
+        message = kwargs.get("message")
+        if not message:
+            return "Error: add needs message"
+        try:
+            schedule = schedule_from_args(kwargs)
+        except ValueError as exc:
+            return f"Error: {exc}"
+        turn = turn_or_none()
+        job = self._cron.add_job(
+            name=message[:40],
+            schedule=schedule,
+            message=message,
+            deliver=turn is not None,
+            channel=turn.channel if turn else None,
+            to=turn.chat_id if turn else None,
+            delete_after_run=schedule.kind == "at",
+        )
+        return f"Scheduled job {job.id} ({schedule.kind})"

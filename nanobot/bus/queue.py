@@ -1,0 +1,41 @@
+"""The local message bus: two asyncio queues in one process."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nanobot.bus.events import InboundMessage, OutboundMessage
+
+
+class MessageBus:
+    """Inbound (channels -> agent) and outbound (agent -> channels) queues.
+
+    Every bus backend offers these four coroutines; channels and the agent use nothing else.
+    """
+
+    def __init__(self) -> None:
+        self.inbound: asyncio.Queue[InboundMessage] = asyncio.Queue()
+        self.outbound: asyncio.Queue[OutboundMessage] = asyncio.Queue()
+
+    async def publish_inbound(self, msg: InboundMessage) -> None:
+        await self.inbound.put(msg)
+
+    async def consume_inbound(self) -> InboundMessage:
+        return await self.inbound.get()
+
+    async def publish_outbound(self, msg: OutboundMessage) -> None:
+        await self.outbound.put(msg)
+
+    async def consume_outbound(self) -> OutboundMessage:
+        return await self.outbound.get()
+
+    async def close(self) -> None:
+        """Release backend resources (nothing to do locally)."""
+
+    @property
+    def inbound_size(self) -> int:
+        return self.inbound.qsize()
+
+    @property
+    def outbound_size(self) -> int:
+        return self.outbound.qsize()

@@ -1,0 +1,73 @@
+"""What every chat channel is: it starts, stops, sends, and turns what people write into inbound messages."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Any
+
+from nanobot.bus.events import InboundMessage, OutboundMessage, new_message_id
+from nanobot.bus.queue import MessageBus
+from nanobot.config.schema import ChannelBase
+
+log = logging.getLogger(__name__)
+
+
+class BaseChannel(ABC):
+    name: str = "base"
+
+    def __init__(self, config: ChannelBase, bus: MessageBus) -> None:
+        self.config = config
+        self.bus = bus
+        self._running = False
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and keep listening; returns when the channel stops."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop listening and release resources."""
+
+    @abstractmethod
+    async def send(self, msg: OutboundMessage) -> None:
+        """Deliver one message to its chat; raises when it could not be delivered."""
+
+    @property
+    def is_running(self) -> bool:
+        return self._running
+
+    def is_allowed(self, sender_id: str) -> bool:
+        """An empty allowFrom allows everyone; otherwise the sender (or one of its `|` parts) must be listed."""
+        allow = self.config.allow_from
+        if not allow:
+            return True
+        sender = str(sender_id)
+        return sender in allow or any(part and part in allow for part in sender.split("|"))
+
+    async def _handle_message(
+        self,
+        sender_id: str,
+        chat_id: str,
+        content: str,
+        media: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        message_id: str | None = None,
+        session_key: str | None = None,
+    ) -> InboundMessage | None:
+        """Check the sender and publish an inbound message; returns it, or None when refused."""
+        if not self.is_allowed(sender_id):
+            log.warning("channel=%s refused sender=%s: not in allowFrom", self.name, sender_id)
+            return None
+        msg = InboundMessage(
+            channel=self.name,
+            sender_id=str(sender_id),
+            chat_id=str(chat_id),
+            content=content,
+            media=media or [],
+            metadata=metadata or {},
+            session_key_override=session_key,
+            message_id=message_id or new_message_id(),
+        )
+        await self.bus.publish_inbound(msg)
+        return msg

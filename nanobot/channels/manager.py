@@ -1,0 +1,93 @@
+"""Channels of one gateway: start the enabled ones, and deliver outbound messages to them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nanobot.bus.events import OutboundMessage
+from nanobot.bus.queue import MessageBus
+from nanobot.channels.base import BaseChannel
+from nanobot.config.schema import ChannelsConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_channels(config: ChannelsConfig, bus: MessageBus) -> dict[str, BaseChannel]:
+    """The enabled channels; each is imported only when enabled."""
+    channels: dict[str, BaseChannel] = {}
+    if config.api.enabled:
+        from nanobot.channels.api import ApiChannel
+
+        channels["api"] = ApiChannel(config.api, bus)
+    for name in ("telegram", "whatsapp"):
+        if getattr(config, name).enabled:
+            log.warning("channels.%s is enabled but this nanobot has no %s channel yet; skipped", name, name)
+    return channels
+
+
+class ChannelManager:
+    """Runs the channels and the one outbound dispatcher: outbound messages go to the channel they name."""
+
+    def __init__(self, config: ChannelsConfig, bus: MessageBus, channels: dict[str, BaseChannel] | None = None):
+        self.config = config
+        self.bus = bus
+        self.channels = channels if channels is not None else build_channels(config, bus)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wants(self, msg: OutboundMessage) -> bool:
+        """Progress and tool hints are sent only when the config asks for them."""
+        if not msg.is_progress:
+            return True
+        if msg.metadata.get("_tool_hint"):
+            return self.config.send_tool_hints
+        return self.config.send_progress
+
+    async def start_all(self) -> None:
+        for name, channel in self.channels.items():
+            log.info("starting channel %s", name)
+            self._tasks.append(asyncio.create_task(self._run_channel(name, channel), name=f"channel-{name}"))
+        self._tasks.append(asyncio.create_task(self._dispatch_outbound(), name="outbound-dispatcher"))
+
+    async def _run_channel(self, name: str, channel: BaseChannel) -> None:
+        try:
+            await channel.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("channel %s stopped with an error", name)
+
+    async def deliver(self, msg: OutboundMessage) -> bool:
+        """Send one message to its channel; False (logged) when it could not be delivered."""
+        channel = self.channels.get(msg.channel)
+        if channel is None:
+            if msg.channel not in ("cli", "system"):
+                log.warning("outbound to unknown channel %s chat=%s dropped", msg.channel, msg.chat_id)
+            return False
+        if not self.wants(msg):
+            return True
+        try:
+            await channel.send(msg)
+            return True
+        except Exception:
+            log.exception("send failed channel=%s chat=%s reply_to=%s", msg.channel, msg.chat_id, msg.reply_to)
+            return False
+
+    async def _dispatch_outbound(self) -> None:
+        while True:
+            msg = await self.bus.consume_outbound()
+            await self.deliver(msg)
+
+    async def stop_all(self) -> None:
+        for name, channel in self.channels.items():
+            try:
+                await channel.stop()
+            except Exception:
+                log.exception("channel %s failed to stop cleanly", name)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def status(self) -> dict[str, dict[str, bool]]:
+        return {name: {"enabled": True, "running": ch.is_running} for name, ch in self.channels.items()}

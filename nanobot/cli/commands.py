@@ -1,0 +1,322 @@
+"""The `nanobot` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from nanobot import __logo__, __version__
+from nanobot.config.loader import ConfigError, config_path, cron_store_path, load_config, save_config
+from nanobot.config.schema import Config
+from nanobot.logs import setup_logging
+
+app = typer.Typer(name="nanobot", help=f"{__logo__} nanobot - a personal AI assistant", no_args_is_help=True)
+cron_app = typer.Typer(help="Scheduled jobs.", no_args_is_help=True)
+channels_app = typer.Typer(help="Chat channels.", no_args_is_help=True)
+app.add_typer(cron_app, name="cron")
+app.add_typer(channels_app, name="channels")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"{__logo__} nanobot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config file (default: $NANOBOT_CONFIG or ~/.nanobot/config.json)."),
+    ] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    if config is not None:
+        os.environ["NANOBOT_CONFIG"] = str(config.expanduser())
+
+
+def _load() -> Config:
+    try:
+        return load_config()
+    except ConfigError as exc:
+        err.print(f"[red]Config error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]Error:[/red] {message}")
+    return typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------- onboard
+@app.command()
+def onboard() -> None:
+    """Create (or complete) the config file and the workspace."""
+    from nanobot.agent.workspace import init_workspace
+
+    path = config_path()
+    existed = path.exists()
+    config = _load()
+    save_config(config, path)
+    created = init_workspace(config.workspace_path)
+    console.print(f"{__logo__} config {'updated' if existed else 'created'}: {path}")
+    console.print(f"   workspace: {config.workspace_path} ({len(created)} file(s) created)")
+    console.print("Next: put an API key in providers.<name>.apiKey, then run `nanobot agent -m \"Hello\"`.")
+
+
+# ---------------------------------------------------------------------------- agent
+def _make_agent(config: Config) -> Any:
+    from nanobot.agent.loop import AgentLoop
+    from nanobot.bus.queue import MessageBus
+    from nanobot.cron.service import CronService
+    from nanobot.providers.factory import create_provider
+    from nanobot.providers.registry import NoProviderError
+
+    try:
+        provider = create_provider(config)
+    except NoProviderError as exc:
+        raise _fail(str(exc)) from exc
+    return AgentLoop.from_config(config, MessageBus(), provider, cron_service=CronService(cron_store_path()))
+
+
+@app.command()
+def agent(
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Send one message, print the reply.")] = None,
+    session: Annotated[str, typer.Option("--session", "-s", help="Session key.")] = "cli:direct",
+    markdown: Annotated[bool, typer.Option("--markdown/--no-markdown", help="Render replies as Markdown.")] = True,
+    logs: Annotated[bool, typer.Option("--logs/--no-logs", help="Show runtime logs.")] = False,
+) -> None:
+    """Talk to the agent in the terminal: one message with -m, or an interactive chat."""
+    setup_logging("INFO" if logs else "WARNING")
+    config = _load()
+    loop = _make_agent(config)
+    channel, _, chat_id = session.partition(":")
+    chat_id = chat_id or "direct"
+
+    def show(reply: str) -> None:
+        console.print(f"\n{__logo__} nanobot")
+        console.print(Markdown(reply) if markdown else reply)
+        console.print()
+
+    async def one(text: str) -> None:
+        show(await loop.process_direct(text, session_key=session, channel=channel or "cli", chat_id=chat_id))
+
+    async def interactive() -> None:
+        console.print(f"{__logo__} Interactive mode (type exit or press Ctrl+C to quit)\n")
+        while True:
+            try:
+                text = await asyncio.to_thread(input, "You: ")
+            except (EOFError, KeyboardInterrupt):
+                break
+            if text.strip().lower() in ("exit", "quit", "/exit", "/quit", ":q"):
+                break
+            if text.strip():
+                await one(text)
+        console.print("Goodbye!")
+
+    async def run() -> None:
+        try:
+            await (one(message) if message is not None else interactive())
+        finally:
+            await loop.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        console.print("\nGoodbye!")
+
+
+# ---------------------------------------------------------------------------- gateway
+@app.command()
+def gateway(
+    port: Annotated[int | None, typer.Option("--port", "-p", help="API channel port (sets channels.api.port).")] = None,
+    bus: Annotated[str | None, typer.Option("--bus", help="Bus backend, local or celery (sets bus.backend).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run channels, the agent, cron and heartbeat until SIGTERM or Ctrl+C."""
+    from nanobot.bus.factory import BusUnavailableError
+    from nanobot.gateway.service import Gateway
+    from nanobot.providers.registry import NoProviderError
+
+    setup_logging("DEBUG" if verbose else None)
+    config = _load()
+    if port is not None:
+        config.channels.api.port = port
+    if bus is not None:
+        if bus not in ("local", "celery"):
+            raise _fail(f"--bus must be local or celery, not {bus!r}", 2)
+        config.bus.backend = bus  # type: ignore[assignment]
+    try:
+        gw = Gateway(config)
+    except (NoProviderError, BusUnavailableError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"{__logo__} nanobot gateway (bus={config.bus.backend})")
+    asyncio.run(gw.run_until_signal())
+
+
+# ---------------------------------------------------------------------------- status
+@app.command()
+def status() -> None:
+    """Show the config, workspace, model and provider in use."""
+    from nanobot.providers.registry import NoProviderError, select_provider
+
+    path = config_path()
+    config = _load()
+    d = config.agents.defaults
+    console.print(f"{__logo__} nanobot {__version__}")
+    found = "[green]✓[/green]" if path.exists() else "[yellow](missing: defaults)[/yellow]"
+    console.print(f"config:    {path} {found}")
+    ws = config.workspace_path
+    console.print(f"workspace: {ws} {'[green]✓[/green]' if ws.exists() else '[yellow](missing)[/yellow]'}")
+    console.print(f"model:     {d.model}")
+    try:
+        choice = select_provider(config)
+        console.print(f"provider:  {choice.spec.name} ({choice.api_base}) model sent as {choice.model!r}")
+    except NoProviderError as exc:
+        console.print(f"provider:  [yellow]{exc}[/yellow]")
+    console.print(f"bus:       {config.bus.backend}   sessions: {config.sessions.backend}")
+
+
+# ---------------------------------------------------------------------------- channels
+@channels_app.command("status")
+def channels_status() -> None:
+    """Which channels are enabled, and how they are set up."""
+    config = _load()
+    table = Table(title="Channels")
+    table.add_column("channel")
+    table.add_column("enabled")
+    table.add_column("details")
+    c = config.channels
+    auth = "on" if c.api.api_key else "off"
+    table.add_row("api", _yes(c.api.enabled), f"http://{c.api.host}:{c.api.port}/v1 auth={auth}")
+    table.add_row("telegram", _yes(c.telegram.enabled), "token set" if c.telegram.token else "no token")
+    table.add_row("whatsapp", _yes(c.whatsapp.enabled), c.whatsapp.bridge_url)
+    console.print(table)
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/green]" if flag else "[dim]no[/dim]"
+
+
+# ---------------------------------------------------------------------------- cron
+def _cron() -> Any:
+    from nanobot.cron.service import CronService
+
+    return CronService(cron_store_path())
+
+
+def _fmt_ms(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+@cron_app.command("list")
+def cron_list(all_jobs: Annotated[bool, typer.Option("--all", "-a", help="Include disabled jobs.")] = False) -> None:
+    """List scheduled jobs."""
+    jobs = _cron().list_jobs(include_disabled=all_jobs)
+    if not jobs:
+        console.print("No scheduled jobs.")
+        return
+    table = Table(title="Scheduled jobs")
+    for col in ("id", "name", "schedule", "enabled", "next run", "last"):
+        table.add_column(col)
+    for job in jobs:
+        s = job.schedule
+        when = {"every": f"every {(s.every_ms or 0) // 1000}s", "cron": f"{s.expr} {s.tz or ''}".strip(),
+                "at": _fmt_ms(s.at_ms)}[s.kind]
+        table.add_row(job.id, job.name, when, _yes(job.enabled), _fmt_ms(job.state.next_run_at_ms),
+                      job.state.last_status or "-")
+    console.print(table)
+
+
+@cron_app.command("add")
+def cron_add(
+    name: Annotated[str, typer.Option("--name", "-n", help="Job name.")],
+    message: Annotated[str, typer.Option("--message", "-m", help="What the agent is asked when the job fires.")],
+    every: Annotated[int | None, typer.Option("--every", "-e", help="Run every N seconds.")] = None,
+    cron_expr: Annotated[str | None, typer.Option("--cron", help="Cron expression, e.g. '0 9 * * *'.")] = None,
+    tz: Annotated[str | None, typer.Option("--tz", help="IANA timezone for --cron.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="Run once at an ISO date-time.")] = None,
+    deliver: Annotated[bool, typer.Option("--deliver", "-d", help="Send the reply to --channel/--to.")] = False,
+    channel: Annotated[str | None, typer.Option("--channel", help="Channel to deliver to.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Chat id to deliver to.")] = None,
+) -> None:
+    """Add a scheduled job (exactly one of --every, --cron, --at)."""
+    from nanobot.agent.tools.cron import schedule_from_args
+
+    try:
+        schedule = schedule_from_args({"every_seconds": every, "cron_expr": cron_expr, "tz": tz, "at": at})
+        if deliver and not (channel and to):
+            raise ValueError("--deliver needs --channel and --to")
+        job = _cron().add_job(
+            name=name, schedule=schedule, message=message, deliver=deliver, channel=channel, to=to,
+            delete_after_run=schedule.kind == "at",
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    console.print(f"[green]✓[/green] Added job {job.name!r} ({job.id})")
+
+
+@cron_app.command("remove")
+def cron_remove(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Remove a job."""
+    if not _cron().remove_job(job_id):
+        raise _fail(f"no job {job_id}")
+    console.print(f"[green]✓[/green] Removed job {job_id}")
+
+
+@cron_app.command("enable")
+def cron_enable(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    disable: Annotated[bool, typer.Option("--disable", help="Disable instead of enable.")] = False,
+) -> None:
+    """Enable (or --disable) a job."""
+    job = _cron().enable_job(job_id, enabled=not disable)
+    if job is None:
+        raise _fail(f"no job {job_id}")
+    console.print(f"[green]✓[/green] Job {job_id} {'disabled' if disable else 'enabled'}")
+
+
+@cron_app.command("run")
+def cron_run(
+    job_id: Annotated[str, typer.Argument(help="Job id.")],
+    force: Annotated[bool, typer.Option("--force", "-f", help="Run even if disabled.")] = False,
+) -> None:
+    """Run a job now, in this process, and print the reply."""
+    from nanobot.gateway.service import cron_job_runner
+
+    setup_logging("WARNING")
+    config = _load()
+    service = _cron()
+    agent_loop = _make_agent(config)
+    replies: list[str | None] = []
+    runner = cron_job_runner(agent_loop, agent_loop.bus)
+
+    async def run_and_keep(job: Any) -> str | None:
+        reply = await runner(job)
+        replies.append(reply)
+        return reply
+
+    service.on_job = run_and_keep
+
+    async def run() -> bool:
+        try:
+            return await service.run_job(job_id, force=force)
+        finally:
+            await agent_loop.close()
+
+    if not asyncio.run(run()):
+        raise _fail(f"no job {job_id} (or it is disabled: use --force)")
+    console.print(f"[green]✓[/green] Job {job_id} ran")
+    if replies and replies[0]:
+        console.print(replies[0])

@@ -1,0 +1,153 @@
+"""One provider for every OpenAI-compatible endpoint, on the `openai` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from nanobot.providers.base import LLMProvider, LLMResponse, ToolCallRequest
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "Sorry, I could not reach the language model just now ({reason}). Please try again in a moment."
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return False
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, openai.APITimeoutError):
+        return "timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection failed"
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}"
+    return type(exc).__name__
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class OpenAICompatProvider(LLMProvider):
+    """Chat completions with timeouts and retries (exponential backoff with jitter) on 429, 5xx and
+    connection errors. When it gives up it returns an `is_error` response holding an apology, so the
+    person always gets an answer."""
+
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str,
+        default_model: str,
+        extra_headers: dict[str, str] | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 3,
+        retry_base_delay_s: float = 1.0,
+        name: str = "openai-compatible",
+    ) -> None:
+        self.name = name
+        self.default_model = default_model
+        self.max_retries = max_retries
+        self.retry_base_delay_s = retry_base_delay_s
+        self._client = AsyncOpenAI(
+            api_key=api_key or "no-key",
+            base_url=api_base,
+            default_headers=extra_headers or None,
+            timeout=timeout_s,
+            max_retries=0,  # retries are ours: logged, bounded, with an apology at the end
+        )
+
+    def get_default_model(self) -> str:
+        return self.default_model
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        model: str | None = None,
+        max_tokens: int = 8192,
+        temperature: float = 0.1,
+    ) -> LLMResponse:
+        kwargs: dict[str, Any] = {
+            "model": model or self.default_model,
+            "messages": messages,
+            "max_tokens": max(1, max_tokens),
+            "temperature": temperature,
+        }
+        if tools:
+            kwargs["tools"] = tools
+            kwargs["tool_choice"] = "auto"
+        attempt = 0
+        while True:
+            try:
+                completion = await self._client.chat.completions.create(**kwargs)
+                return self._parse(completion)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not _retryable(exc) or attempt >= self.max_retries:
+                    log.error(
+                        "llm provider=%s model=%s failed after %d attempt(s): %s",
+                        self.name, kwargs["model"], attempt + 1, _reason(exc),
+                    )
+                    return LLMResponse(content=APOLOGY.format(reason=_reason(exc)), finish_reason="error")
+                delay = self.retry_base_delay_s * (2**attempt) * (0.8 + 0.4 * random.random())
+                hinted = _retry_after(exc)
+                if hinted is not None:
+                    delay = max(delay, min(hinted, 60.0))
+                attempt += 1
+                log.warning(
+                    "llm provider=%s %s; retry %d/%d in %.2fs",
+                    self.name, _reason(exc), attempt, self.max_retries, delay,
+                )
+                await asyncio.sleep(delay)
+
+    @staticmethod
+    def _parse(completion: Any) -> LLMResponse:
+        if not completion.choices:
+            return LLMResponse(content="", finish_reason="error")
+        choice = completion.choices[0]
+        message = choice.message
+        calls: list[ToolCallRequest] = []
+        for call in message.tool_calls or []:
+            fn = getattr(call, "function", None)
+            if fn is None:
+                continue
+            raw = fn.arguments or "{}"
+            try:
+                args: dict[str, Any] | str = json.loads(raw)
+            except json.JSONDecodeError:
+                args = raw
+            calls.append(ToolCallRequest(id=call.id, name=fn.name, arguments=args))
+        usage = completion.usage
+        return LLMResponse(
+            content=message.content,
+            tool_calls=calls,
+            finish_reason=choice.finish_reason or "stop",
+            usage={
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
+            if usage
+            else {},
+        )
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,191 @@
+"""Conversation histories as JSONL files: one metadata line, then one OpenAI-style message per line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The keys of a stored message that the LLM sees again; the rest (timestamp, ...) is for people and tools.
+LLM_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
+
+@dataclass
+class Session:
+    key: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    created_at: datetime = field(default_factory=datetime.now)
+    updated_at: datetime = field(default_factory=datetime.now)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    last_consolidated: int = 0  # messages before this index are summarised in memory
+
+    def add_message(self, role: str, content: Any, **extra: Any) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": role, "content": content, "timestamp": datetime.now().isoformat()}
+        message.update({k: v for k, v in extra.items() if v is not None})
+        self.messages.append(message)
+        self.updated_at = datetime.now()
+        return message
+
+    def get_history(self, max_messages: int = 500) -> list[dict[str, Any]]:
+        """The unconsolidated tail in LLM format, at most `max_messages`, starting at a user message
+        (so no tool result is left without the call that asked for it)."""
+        tail = self.messages[self.last_consolidated :][-max_messages:] if max_messages > 0 else []
+        start = next((i for i, m in enumerate(tail) if m.get("role") == "user"), len(tail))
+        return [{k: m[k] for k in LLM_KEYS if k in m} for m in tail[start:]]
+
+    def clear(self) -> None:
+        self.messages = []
+        self.last_consolidated = 0
+        self.updated_at = datetime.now()
+
+    # ------------------------------------------------------------ the JSONL form
+    def metadata_record(self) -> dict[str, Any]:
+        return {
+            "_type": "metadata",
+            "key": self.key,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "metadata": self.metadata,
+            "last_consolidated": self.last_consolidated,
+        }
+
+    def to_jsonl(self) -> str:
+        lines = [json.dumps(self.metadata_record(), ensure_ascii=False)]
+        lines.extend(json.dumps(m, ensure_ascii=False) for m in self.messages)
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_records(cls, key: str, records: list[dict[str, Any]]) -> Session:
+        session = cls(key=key)
+        for record in records:
+            if record.get("_type") == "metadata":
+                session.created_at = _parse_time(record.get("created_at")) or session.created_at
+                session.updated_at = _parse_time(record.get("updated_at")) or session.updated_at
+                session.metadata = dict(record.get("metadata") or {})
+                session.last_consolidated = int(record.get("last_consolidated") or 0)
+            else:
+                session.messages.append(record)
+        session.last_consolidated = min(session.last_consolidated, len(session.messages))
+        return session
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def session_filename(key: str) -> str:
+    """`telegram:123` -> `telegram_123.jsonl` (other characters unsafe in a file name also become `_`)."""
+    return re.sub(r"[:/\\<>|?*\"\x00-\x1f]", "_", key) + ".jsonl"
+
+
+def parse_jsonl(text: str, source: str) -> tuple[list[dict[str, Any]], int]:
+    """Records of a session file, and how many malformed lines were skipped."""
+    records: list[dict[str, Any]] = []
+    bad = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            bad += 1
+            log.warning("session file %s: line %d is not a JSON object; skipped", source, number)
+            continue
+        records.append(record)
+    return records, bad
+
+
+class SessionManager:
+    """Sessions in `<workspace>/sessions/*.jsonl`, with a bounded in-memory cache."""
+
+    def __init__(self, workspace: Path, cache_size: int = 256) -> None:
+        self.workspace = Path(workspace)
+        self.sessions_dir = self.workspace / "sessions"
+        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Session] = OrderedDict()
+
+    def path_for(self, key: str) -> Path:
+        return self.sessions_dir / session_filename(key)
+
+    def get_or_create(self, key: str) -> Session:
+        session = self._cache.get(key)
+        if session is not None:
+            self._cache.move_to_end(key)
+            return session
+        session = self.load(key) or Session(key=key)
+        self._remember(session)
+        return session
+
+    def load(self, key: str) -> Session | None:
+        """Read a session from its file (bypassing the cache); None when there is none."""
+        path = self.path_for(key)
+        if not path.exists():
+            return None
+        records, bad = parse_jsonl(path.read_text(encoding="utf-8"), str(path))
+        if bad:
+            keep = path.with_name(f"{path.name}.malformed-{int(time.time())}")
+            keep.write_bytes(path.read_bytes())
+            log.warning("session %s: %d malformed line(s); original kept at %s", key, bad, keep)
+        return Session.from_records(key, records)
+
+    def save(self, session: Session) -> None:
+        """Write the whole session atomically (temp file, then rename)."""
+        path = self.path_for(session.key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(session.to_jsonl(), encoding="utf-8")
+        os.replace(tmp, path)
+        self._remember(session)
+
+    def invalidate(self, key: str) -> None:
+        """Forget the cached copy; the next get_or_create reads the file again."""
+        self._cache.pop(key, None)
+
+    def delete(self, key: str) -> bool:
+        self.invalidate(key)
+        path = self.path_for(key)
+        if path.exists():
+            path.unlink()
+            return True
+        return False
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        """Every stored session's key, times and path, most recently updated first."""
+        found: list[dict[str, Any]] = []
+        for path in self.sessions_dir.glob("*.jsonl"):
+            try:
+                with path.open(encoding="utf-8") as fh:
+                    first = json.loads(fh.readline() or "{}")
+            except (OSError, json.JSONDecodeError):
+                continue
+            if not isinstance(first, dict) or first.get("_type") != "metadata":
+                first = {}
+            found.append(
+                {
+                    "key": first.get("key") or path.stem.replace("_", ":", 1),
+                    "created_at": first.get("created_at"),
+                    "updated_at": first.get("updated_at"),
+                    "path": str(path),
+                }
+            )
+        return sorted(found, key=lambda s: s.get("updated_at") or "", reverse=True)
+
+    def _remember(self, session: Session) -> None:
+        self._cache[session.key] = session
+        self._cache.move_to_end(session.key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,645 @@
+"""The OpenAI-compatible API channel and its HTTP server, in process: bus + channel on port 0 + a fake agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from nanobot.bus.events import InboundMessage, OutboundMessage
+from nanobot.bus.queue import MessageBus
+from nanobot.channels.api import ApiChannel
+from nanobot.channels.http import HttpServer, Request, Response, StreamResponse, json_response
+from nanobot.config.schema import ApiChannelConfig
+
+KEY = "sk-test-secret"
+
+
+@dataclass
+class Harness:
+    channel: ApiChannel
+    bus: MessageBus
+    client: httpx.AsyncClient
+    inbound: list[InboundMessage] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.channel.port}"
+
+
+Responder = Callable[[Harness, InboundMessage], Awaitable[None]]
+
+
+async def reply(h: Harness, msg: InboundMessage) -> None:
+    await h.bus.publish_outbound(
+        OutboundMessage(channel="api", chat_id=msg.chat_id, content=f"reply to {msg.content}", reply_to=msg.message_id)
+    )
+
+
+async def progress_then_reply(h: Harness, msg: InboundMessage) -> None:
+    await h.bus.publish_outbound(
+        OutboundMessage(
+            channel="api",
+            chat_id=msg.chat_id,
+            content="thinking...",
+            reply_to=msg.message_id,
+            metadata={"_progress": True},
+        )
+    )
+    await reply(h, msg)
+
+
+async def slow_random_reply(h: Harness, msg: InboundMessage) -> None:
+    await asyncio.sleep(random.uniform(0, 0.05))
+    await reply(h, msg)
+
+
+@asynccontextmanager
+async def running(responder: Responder | None = reply, **config: Any) -> AsyncIterator[Harness]:
+    bus = MessageBus()
+    channel = ApiChannel(ApiChannelConfig(enabled=True, port=0, **config), bus)
+    channel_task = asyncio.create_task(channel.start())
+    await asyncio.wait_for(channel.started.wait(), 5)
+    client = httpx.AsyncClient(trust_env=False, timeout=10)
+    h = Harness(channel=channel, bus=bus, client=client)
+    background: set[asyncio.Task[None]] = set()
+
+    async def agent() -> None:
+        while True:
+            msg = await bus.consume_inbound()
+            h.inbound.append(msg)
+            if responder is not None:
+                task = asyncio.create_task(responder(h, msg))
+                background.add(task)
+                task.add_done_callback(background.discard)
+
+    async def dispatcher() -> None:
+        while True:
+            out = await bus.consume_outbound()
+            if out.channel == "api":
+                await channel.send(out)
+
+    tasks = [asyncio.create_task(agent()), asyncio.create_task(dispatcher())]
+    try:
+        yield h
+    finally:
+        await client.aclose()
+        await channel.stop()
+        await asyncio.wait_for(channel_task, 5)
+        for task in [*tasks, *background]:
+            task.cancel()
+        await asyncio.gather(*tasks, *background, return_exceptions=True)
+
+
+def run(coro: Awaitable[None]) -> None:
+    async def main() -> None:
+        await asyncio.wait_for(coro, 30)
+
+    asyncio.run(main())
+
+
+async def wait_until(predicate: Callable[[], bool], limit_s: float = 5.0) -> None:
+    for _ in range(int(limit_s / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def chat(content: Any = "hello", **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}], **extra}
+
+
+def assert_openai_error(response: httpx.Response, status: int, kind: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    if kind is not None:
+        assert error["type"] == kind
+    return error
+
+
+# ---------------------------------------------------------------- completions
+def test_completion_with_session_id() -> None:
+    async def scenario() -> None:
+        async with running() as h:
+            body = {
+                "model": "my-model",
+                "session_id": "abc",
+                "messages": [
+                    {"role": "system", "content": "be nice"},
+                    {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "earlier answer"},
+                    {"role": "user", "content": "hello"},
+                ],
+            }
+            r = await h.client.post(f"{h.base}/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            data = r.json()
+            assert len(h.inbound) == 1
+            inbound = h.inbound[0]
+            assert inbound.channel == "api"
+            assert inbound.session_key == "api:abc"
+            assert inbound.chat_id == "abc"
+            assert inbound.sender_id == "api"
+            assert inbound.content == "hello"
+            assert data == {
+                "id": f"chatcmpl-{inbound.message_id}",
+                "object": "chat.completion",
+                "created": data["created"],
+                "model": "my-model",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "reply to hello"}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            }
+            assert isinstance(data["created"], int)
+            assert h.channel.pending_count == 0
+
+    run(scenario())
+
+
+def test_default_session_model_and_user() -> None:
+    async def scenario() -> None:
+        async with running() as h:
+            r = await h.client.post(f"{h.base}/v1/chat/completions", json=chat("hi", user="alice"))
+            assert r.status_code == 200
+            assert r.json()["model"] == "nanobot"
+            assert r.json()["choices"][0]["message"]["content"] == "reply to hi"
+            inbound = h.inbound[0]
+            assert inbound.session_key == "api:default"
+            assert inbound.sender_id == "alice"
+
+    run(scenario())
+
+
+def test_content_as_list_of_parts() -> None:
+    async def scenario() -> None:
+        async with running() as h:
+            parts = [
+                {"type": "text", "text": "line one"},
+                {"type": "image_url", "image_url": {"url": "http://example.invalid/x.png"}},
+                {"type": "text", "text": "line two"},
+            ]
+            r = await h.client.post(f"{h.base}/v1/chat/completions", json=chat(parts))
+            assert r.status_code == 200
+            assert h.inbound[0].content == "line one\nline two"
+            assert r.json()["choices"][0]["message"]["content"] == "reply to line one\nline two"
+
+    run(scenario())
+
+
+def test_progress_is_ignored_without_streaming() -> None:
+    async def scenario() -> None:
+        async with running(progress_then_reply) as h:
+            r = await h.client.post(f"{h.base}/v1/chat/completions", json=chat("hey"))
+            assert r.status_code == 200
+            assert r.json()["choices"][0]["message"]["content"] == "reply to hey"
+
+    run(scenario())
+
+
+async def read_sse(response: httpx.Response) -> list[str]:
+    """The `data:` payloads of an SSE stream (comments and blank lines dropped)."""
+    payloads = []
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            payloads.append(line.removeprefix("data: "))
+    return payloads
+
+
+def test_streaming_sse() -> None:
+    async def scenario() -> None:
+        async with running(progress_then_reply) as h:
+            async with h.client.stream(
+                "POST", f"{h.base}/v1/chat/completions", json=chat("stream me", stream=True, session_id="s1")
+            ) as r:
+                assert r.status_code == 200
+                assert r.headers["content-type"].startswith("text/event-stream")
+                payloads = await read_sse(r)
+            assert payloads[-1] == "[DONE]"
+            chunks = [json.loads(p) for p in payloads[:-1]]
+            message_id = h.inbound[0].message_id
+            assert h.inbound[0].session_key == "api:s1"
+            for c in chunks:
+                assert c["object"] == "chat.completion.chunk"
+                assert c["id"] == f"chatcmpl-{message_id}"
+                assert c["model"] == "nanobot"
+                assert len(c["choices"]) == 1 and c["choices"][0]["index"] == 0
+            assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+            assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+            assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+            contents = [c["choices"][0]["delta"].get("content", "") for c in chunks]
+            assert contents[1].startswith("thinking...")
+            assert contents[2] == "reply to stream me"
+            assert "".join(contents).endswith("reply to stream me")
+            assert h.channel.pending_count == 0
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- other endpoints
+def test_models_and_health() -> None:
+    async def scenario() -> None:
+        async with running() as h:
+            r = await h.client.get(f"{h.base}/v1/models")
+            assert r.status_code == 200
+            data = r.json()
+            assert data["object"] == "list"
+            assert len(data["data"]) == 1
+            model = data["data"][0]
+            assert model["id"] == "nanobot" and model["object"] == "model" and model["owned_by"] == "nanobot"
+            assert isinstance(model["created"], int)
+            r = await h.client.get(f"{h.base}/v1/models/nanobot")
+            assert r.status_code == 200 and r.json()["id"] == "nanobot"
+            assert_openai_error(await h.client.get(f"{h.base}/v1/models/gpt-4"), 404)
+            r = await h.client.get(f"{h.base}/health")
+            assert r.status_code == 200
+            assert r.json() == {"status": "ok", "pending": 0}
+
+    run(scenario())
+
+
+def test_health_counts_pending_requests() -> None:
+    async def scenario() -> None:
+        async with running(None) as h:
+            request = asyncio.create_task(h.client.post(f"{h.base}/v1/chat/completions", json=chat("wait")))
+            await wait_until(lambda: bool(h.inbound))
+            r = await h.client.get(f"{h.base}/health")
+            assert r.json() == {"status": "ok", "pending": 1}
+            await reply(h, h.inbound[0])
+            assert (await request).status_code == 200
+            assert (await h.client.get(f"{h.base}/health")).json()["pending"] == 0
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- auth
+def test_auth() -> None:
+    async def scenario() -> None:
+        async with running(api_key=KEY) as h:
+            url = f"{h.base}/v1/chat/completions"
+            error = assert_openai_error(await h.client.post(url, json=chat()), 401, "authentication_error")
+            assert KEY not in error["message"]
+            wrong = {"Authorization": "Bearer sk-wrong"}
+            assert_openai_error(await h.client.post(url, json=chat(), headers=wrong), 401, "authentication_error")
+            basic = {"Authorization": f"Basic {KEY}"}
+            assert_openai_error(await h.client.post(url, json=chat(), headers=basic), 401, "authentication_error")
+            assert_openai_error(await h.client.get(f"{h.base}/v1/models"), 401, "authentication_error")
+            assert_openai_error(await h.client.get(f"{h.base}/nowhere"), 401, "authentication_error")
+            assert h.inbound == []
+
+            right = {"Authorization": f"Bearer {KEY}"}
+            r = await h.client.post(url, json=chat("authed"), headers=right)
+            assert r.status_code == 200
+            assert r.json()["choices"][0]["message"]["content"] == "reply to authed"
+            assert (await h.client.get(f"{h.base}/v1/models", headers=right)).status_code == 200
+
+            r = await h.client.get(f"{h.base}/health")
+            assert r.status_code == 200 and r.json()["status"] == "ok"
+
+    run(scenario())
+
+
+def test_api_key_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def scenario() -> None:
+        async with running(api_key=KEY) as h:
+            await h.client.post(f"{h.base}/v1/chat/completions", json=chat(), headers={"Authorization": "Bearer x"})
+            await h.client.post(
+                f"{h.base}/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {KEY}"}
+            )
+
+    run(scenario())
+    assert KEY not in caplog.text
+
+
+# ---------------------------------------------------------------- bad requests
+BAD_REQUESTS: list[tuple[str, bytes | Any]] = [
+    ("invalid json", b"{not json"),
+    ("empty body", b""),
+    ("invalid utf-8", b"\xff\xfe{}"),
+    ("body is a list", [chat()]),
+    ("body is a string", "hello"),
+    ("messages missing", {"model": "nanobot"}),
+    ("messages not a list", {"messages": "hello"}),
+    ("messages empty", {"messages": []}),
+    ("message not an object", {"messages": ["hello"]}),
+    ("no user message", {"messages": [{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+    ("empty content", chat("")),
+    ("blank content", chat("   \n")),
+    ("null content", chat(None)),
+    ("content is a number", chat(42)),
+    ("content parts without text", chat([{"type": "image_url", "image_url": {"url": "x"}}])),
+    ("content part not an object", chat(["hello"])),
+    ("content part text not a string", chat([{"type": "text", "text": 5}])),
+    ("stream not bool", chat(stream="yes")),
+    ("stream is a number", chat(stream=1)),
+    ("session_id not a string", chat(session_id=12)),
+    ("session_id empty", chat(session_id="")),
+    ("session_id too long", chat(session_id="x" * 1000)),
+    ("user not a string", chat(user=["bob"])),
+    ("model not a string", chat(model=3)),
+]
+
+
+@pytest.mark.parametrize(("case", "body"), BAD_REQUESTS, ids=[case for case, _ in BAD_REQUESTS])
+def test_bad_requests(case: str, body: bytes | Any) -> None:
+    async def scenario() -> None:
+        async with running() as h:
+            url = f"{h.base}/v1/chat/completions"
+            if isinstance(body, bytes):
+                r = await h.client.post(url, content=body, headers={"Content-Type": "application/json"})
+            else:
+                r = await h.client.post(url, json=body)
+            assert_openai_error(r, 400, "invalid_request_error")
+            assert h.inbound == []
+            assert h.channel.pending_count == 0
+
+    run(scenario())
+
+
+def test_unknown_path_and_wrong_method() -> None:
+    async def scenario() -> None:
+        async with running() as h:
+            assert_openai_error(await h.client.get(f"{h.base}/v2/whatever"), 404)
+            assert_openai_error(await h.client.post(f"{h.base}/", json={}), 404)
+            r = await h.client.get(f"{h.base}/v1/chat/completions")
+            assert_openai_error(r, 405)
+            assert r.headers["allow"] == "POST"
+            assert_openai_error(await h.client.post(f"{h.base}/v1/models", json={}), 405)
+            assert_openai_error(await h.client.delete(f"{h.base}/health"), 405)
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- timeouts, refusals, concurrency
+def test_timeout_then_late_reply_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nanobot.channels.api")
+
+    async def scenario() -> None:
+        async with running(None, timeout_s=0.2) as h:
+            r = await h.client.post(f"{h.base}/v1/chat/completions", json=chat("slow"))
+            assert_openai_error(r, 504, "timeout_error")
+            assert h.channel.pending_count == 0
+            late = h.inbound[0]
+            await h.channel.send(
+                OutboundMessage(channel="api", chat_id=late.chat_id, content="too late", reply_to=late.message_id)
+            )
+            await h.channel.send(OutboundMessage(channel="api", chat_id="default", content="cron says hi"))
+            assert h.channel.pending_count == 0
+
+    run(scenario())
+    assert "dropping outbound" in caplog.text
+    assert "timed out" in caplog.text
+
+
+def test_streaming_timeout_sends_error_event() -> None:
+    async def scenario() -> None:
+        async with running(None, timeout_s=0.2) as h:
+            async with h.client.stream("POST", f"{h.base}/v1/chat/completions", json=chat(stream=True)) as r:
+                assert r.status_code == 200
+                payloads = await read_sse(r)
+            assert payloads[-1] == "[DONE]"
+            assert json.loads(payloads[-2])["error"]["type"] == "timeout_error"
+            assert h.channel.pending_count == 0
+
+    run(scenario())
+
+
+def test_allow_from_refusal() -> None:
+    async def scenario() -> None:
+        async with running(allow_from=["alice"]) as h:
+            url = f"{h.base}/v1/chat/completions"
+            error = assert_openai_error(await h.client.post(url, json=chat(user="bob")), 403)
+            assert error["param"] == "user"
+            assert_openai_error(await h.client.post(url, json=chat()), 403)
+            assert h.inbound == []
+            assert h.channel.pending_count == 0
+            r = await h.client.post(url, json=chat("let me in", user="alice"))
+            assert r.status_code == 200
+            assert r.json()["choices"][0]["message"]["content"] == "reply to let me in"
+
+    run(scenario())
+
+
+def test_concurrent_requests_get_their_own_replies() -> None:
+    async def scenario() -> None:
+        async with running(slow_random_reply) as h:
+            url = f"{h.base}/v1/chat/completions"
+
+            async def ask(i: int) -> tuple[int, httpx.Response]:
+                return i, await h.client.post(url, json=chat(f"question {i}", session_id=f"session-{i}"))
+
+            results = await asyncio.gather(*(ask(i) for i in range(12)))
+            for i, r in results:
+                assert r.status_code == 200
+                assert r.json()["choices"][0]["message"]["content"] == f"reply to question {i}"
+            assert sorted(m.session_key for m in h.inbound) == sorted(f"api:session-{i}" for i in range(12))
+            assert h.channel.pending_count == 0
+
+    run(scenario())
+
+
+def test_stop_fails_pending_requests_with_503() -> None:
+    async def scenario() -> None:
+        async with running(None) as h:
+            url = f"{h.base}/v1/chat/completions"
+            request = asyncio.create_task(h.client.post(url, json=chat("never answered")))
+            await wait_until(lambda: bool(h.inbound))
+            await h.channel.stop()
+            assert_openai_error(await request, 503)
+            assert not h.channel.is_running
+
+    run(scenario())
+
+
+def test_stream_client_disconnect_releases_waiter() -> None:
+    async def scenario() -> None:
+        async with running(None) as h:
+            reader, writer = await asyncio.open_connection("127.0.0.1", h.channel.port)
+            body = json.dumps(chat(stream=True)).encode()
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+            )
+            await writer.drain()
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            await wait_until(lambda: h.channel.pending_count == 1)
+            writer.close()
+            await wait_until(lambda: h.channel.pending_count == 0)
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- the HTTP server itself
+@asynccontextmanager
+async def raw_server(
+    handler: Callable[[Request], Awaitable[Response | StreamResponse]], **kw: Any
+) -> AsyncIterator[int]:
+    server = HttpServer(handler, "127.0.0.1", 0, **kw)
+    await server.start()
+    try:
+        yield server.port
+    finally:
+        await server.stop()
+
+
+async def echo(request: Request) -> Response:
+    if request.path == "/boom":
+        raise RuntimeError("handler bug")
+    return json_response(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "body": request.body.decode(),
+            "ua": request.headers.get("USER-AGENT"),
+        }
+    )
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        with suppress(Exception):
+            await writer.wait_closed()
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+def test_http_keep_alive_query_and_headers() -> None:
+    async def scenario() -> None:
+        async with raw_server(echo) as port, httpx.AsyncClient(trust_env=False) as client:
+            base = f"http://127.0.0.1:{port}"
+            r1 = await client.get(f"{base}/a%20b?x=1&y=", headers={"User-Agent": "tester"})
+            r2 = await client.post(f"{base}/b", content=b"payload")
+            assert r1.json() == {
+                "method": "GET",
+                "path": "/a b",
+                "query": {"x": "1", "y": ""},
+                "body": "",
+                "ua": "tester",
+            }
+            assert r2.json()["body"] == "payload"
+            assert r1.headers["connection"] == "keep-alive"
+
+        # two pipelined requests on one connection, the second closes it
+        async with raw_server(echo) as port:
+            raw = await exchange(
+                port,
+                b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            assert raw.count(b"HTTP/1.1 200 OK") == 2
+            assert b'"/one"' in raw and b'"/two"' in raw
+
+    run(scenario())
+
+
+def test_http_chunked_request_body_and_expect_continue() -> None:
+    async def scenario() -> None:
+        async with raw_server(echo) as port:
+            raw = await exchange(
+                port,
+                b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
+            )
+            assert status_of(raw) == 200
+            assert b'"body": "hello world"' in raw
+            raw = await exchange(
+                port,
+                b"POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
+                b"Connection: close\r\n\r\nok",
+            )
+            assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\n\r\n", 505),
+        (b"GET / FTP/1.1\r\n\r\n", 400),
+        (b"GET nopath HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n" + b"X-H: 1\r\n" * 150 + b"\r\n", 431),
+        (b"POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", 413),
+        (b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n", 413),
+        (b"GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 500),
+        (b"POST / HTTP/1.1\r\nConnection: close\r\n\r\n", 200),  # no Content-Length: empty body
+    ],
+)
+def test_http_malformed_and_limits(data: bytes, status: int) -> None:
+    async def scenario() -> None:
+        async with raw_server(echo) as port:
+            raw = await exchange(port, data)
+            assert status_of(raw) == status, raw[:200]
+            if status >= 400:
+                _, _, body = raw.partition(b"\r\n\r\n")
+                assert "error" in json.loads(body)
+            # the server keeps serving
+            async with httpx.AsyncClient(trust_env=False) as client:
+                assert (await client.get(f"http://127.0.0.1:{port}/ok")).status_code == 200
+
+    run(scenario())
+
+
+def test_http_stream_response_and_stop_with_open_connections() -> None:
+    async def scenario() -> None:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(3):
+                yield f"data: {i}\n\n".encode()
+
+        async def handler(request: Request) -> Response | StreamResponse:
+            if request.path == "/stream":
+                return StreamResponse(chunks=chunks())
+            return json_response({"ok": True})
+
+        server = HttpServer(handler, "127.0.0.1", 0)
+        await server.start()
+        async with httpx.AsyncClient(trust_env=False) as client:
+            async with client.stream("GET", f"http://127.0.0.1:{server.port}/stream") as r:
+                assert r.headers["transfer-encoding"] == "chunked"
+                text = "".join([part async for part in r.aiter_text()])
+            assert text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
+            # an idle keep-alive connection and a half-sent request must not block stop()
+            assert (await client.get(f"http://127.0.0.1:{server.port}/")).status_code == 200
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            await asyncio.wait_for(server.stop(grace=0.5), 5)
+            writer.close()
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{server.port}/")
+
+    run(scenario())

@@ -1,0 +1,76 @@
+"""The local conversation lock manager."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nanobot.session.locks import LocalConversationLockManager
+
+
+def test_same_key_is_exclusive_and_fifo_other_keys_concurrent() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        locks = LocalConversationLockManager()
+        order: list[str] = []
+        inside: dict[str, int] = {"a": 0, "b": 0}
+        peak = 0
+
+        async def turn(key: str, n: int) -> None:
+            nonlocal peak
+            async with locks.hold(key):
+                inside[key] += 1
+                assert inside[key] == 1, "two holders of one key"
+                peak = max(peak, sum(inside.values()))
+                order.append(f"{key}{n}")
+                await asyncio.sleep(0.01)
+                inside[key] -= 1
+
+        await asyncio.gather(*(turn(k, n) for n in range(5) for k in "ab"))
+        return order, peak
+
+    order, peak = asyncio.run(scenario())
+    assert [x for x in order if x[0] == "a"] == [f"a{n}" for n in range(5)]
+    assert peak == 2
+
+
+def test_idle_locks_are_dropped_even_after_cancellation() -> None:
+    async def scenario() -> LocalConversationLockManager:
+        locks = LocalConversationLockManager()
+        for i in range(100):
+            async with locks.hold(f"k{i}"):
+                pass
+        holder_in = asyncio.Event()
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            async with locks.hold("x"):
+                holder_in.set()
+                await release.wait()
+
+        h = asyncio.create_task(holder())
+        await holder_in.wait()
+        waiter = asyncio.create_task(locks.acquire("x"))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        release.set()
+        await h
+        return locks
+
+    assert asyncio.run(scenario()).active_keys == []
+
+
+def test_fences_increase_and_wait_is_measured() -> None:
+    async def scenario() -> list[tuple[int, float]]:
+        locks = LocalConversationLockManager()
+        seen: list[tuple[int, float]] = []
+
+        async def turn() -> None:
+            async with locks.hold("s") as lease:
+                seen.append((lease.fence, lease.waited_s))
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(turn(), turn())
+        return seen
+
+    (f1, w1), (f2, w2) = asyncio.run(scenario())
+    assert f2 > f1 and w1 < 0.05 <= w2 + 0.01
