@@ -147,3 +147,17 @@ def test_cron_job_added_by_cli_fires_in_running_gateway(gateway: Gateway, fake_l
     wait_until(lambda: any(sessions.glob("cron_*.jsonl")), 10, "cron session file")
     cron_file = next(sessions.glob("cron_*.jsonl"))
     assert "cron says hi" in cron_file.read_text()
+
+
+def test_heartbeat_runs_workspace_tasks_in_its_own_session(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    config = write_config(tmp_path, fake_llm.base_url, gateway={"heartbeat": {"enabled": True, "intervalS": 1}})
+    workspace = tmp_path / "workspace"
+    workspace.mkdir(parents=True)
+    (workspace / "HEARTBEAT.md").write_text("# Tasks\n- water the plants\n")
+    proc = Process(nanobot("gateway"), tmp_path / "gateway.log", env={"NANOBOT_CONFIG": str(config)})
+    try:
+        wait_until(lambda: len(fake_llm.requests) > 0, 20, "a heartbeat turn", proc)
+        assert "HEARTBEAT.md" in fake_llm.requests[0].last_user_text
+        wait_until(lambda: (workspace / "sessions" / "heartbeat.jsonl").exists(), 10, "heartbeat session", proc)
+    finally:
+        assert proc.stop() == 0
