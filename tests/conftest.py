@@ -13,6 +13,9 @@ from nanobot.providers.openai_compat import OpenAICompatProvider
 from nanobot.testing.llm_server import FakeLLM
 
 
+pytest_plugins = ["tests.cluster"]
+
+
 @pytest.fixture
 def fake_llm() -> Iterator[FakeLLM]:
     llm = FakeLLM()
@@ -56,3 +59,11 @@ def write_config(directory: Path, llm_url: str, **sections: Any) -> Path:
     path = directory / "config.json"
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Expose each phase's report on the test item (fixtures print process logs when the test failed)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

@@ -102,8 +102,10 @@ def test_gateway_without_provider_fails_clearly(tmp_path: Path) -> None:
     assert result.returncode == 1 and "apiKey" in result.stderr
 
 
-def test_celery_bus_is_a_clear_error_until_installed(tmp_path: Path, fake_llm: FakeLLM) -> None:
-    config = write_config(tmp_path, fake_llm.base_url)
-    result = run(config, "gateway", "--bus", "celery")
-    assert result.returncode == 1
-    assert "bus.backend" in result.stderr
+def test_celery_mode_without_redis_fails_in_one_line(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    config = write_config(tmp_path, fake_llm.base_url, bus={"redisUrl": "redis://:secret@127.0.0.1:1/0"})
+    for args in (("gateway", "--bus", "celery"), ("worker",), ("sessions", "export")):
+        result = run(config, *args)
+        assert result.returncode == 1, args
+        assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in result.stderr
+        assert "secret" not in result.stderr + result.stdout

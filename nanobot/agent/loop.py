@@ -26,7 +26,8 @@ from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import Config, ToolsConfig
 from nanobot.providers.base import LLMProvider
-from nanobot.session.locks import ConversationLockManager, LocalConversationLockManager, LockLease
+from nanobot.session.factory import SessionStore
+from nanobot.session.locks import ConversationLockManager, LocalConversationLockManager, LockLease, LockLost
 from nanobot.session.manager import Session, SessionManager
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class AgentLoop:
         memory_window: int = 100,
         tools_config: ToolsConfig | None = None,
         cron_service: CronService | None = None,
-        sessions: SessionManager | None = None,
+        sessions: SessionStore | None = None,
         locks: ConversationLockManager | None = None,
         spawner: Spawner | None = None,
         reload_history: bool = False,
@@ -74,7 +75,7 @@ class AgentLoop:
         self.memory_window = memory_window
         self.tools_config = tools_config or ToolsConfig()
         self.context = ContextBuilder(self.workspace)
-        self.sessions = sessions or SessionManager(self.workspace)
+        self.sessions: SessionStore = sessions or SessionManager(self.workspace)
         self.locks = locks or LocalConversationLockManager()
         # With several processes sharing history, re-read it under the lock on every turn.
         self.reload_history = reload_history
@@ -190,9 +191,12 @@ class AgentLoop:
         log.info("turn start session=%s message_id=%s channel=%s lock_wait_ms=%.1f",
                  msg.session_key, msg.message_id, msg.channel, waited * 1000)
         try:
-            reply = await self._process_message(msg)
+            reply = await self._process_message(msg, lease=lease)
         except asyncio.CancelledError:
             log.info("turn cancelled session=%s message_id=%s", msg.session_key, msg.message_id)
+            raise
+        except LockLost:
+            log.warning("turn abandoned session=%s message_id=%s: lock lost", msg.session_key, msg.message_id)
             raise
         except Exception as exc:
             log.exception("turn failed session=%s message_id=%s", msg.session_key, msg.message_id)
@@ -206,7 +210,7 @@ class AgentLoop:
         return reply
 
     async def _process_message(
-        self, msg: InboundMessage, on_progress: ProgressCallback | None = None
+        self, msg: InboundMessage, on_progress: ProgressCallback | None = None, lease: LockLease | None = None
     ) -> OutboundMessage | None:
         channel, chat_id = reply_target(msg)
         key = msg.session_key
@@ -216,7 +220,7 @@ class AgentLoop:
 
         command = msg.content.strip().lower()
         if msg.channel != "system" and command in ("/new", "/help"):
-            text = HELP_TEXT if command == "/help" else await self._start_new_session(session)
+            text = HELP_TEXT if command == "/help" else await self._start_new_session(session, lease)
             return OutboundMessage(channel=channel, chat_id=chat_id, content=text, reply_to=msg.message_id)
 
         turn = TurnContext(channel=channel, chat_id=chat_id, session_key=key, message_id=msg.message_id)
@@ -240,12 +244,12 @@ class AgentLoop:
             current_turn.reset(token)
 
         content = result.content or "I have nothing to add."
-        session.add_message("user", msg.content, media=msg.media or None)
+        session.add_message("user", msg.content, media=msg.media or None, message_id=msg.message_id)
         for m in result.new_messages:
             session.add_message(**m)
         session.add_message("assistant", content, tools_used=result.tools_used or None)
         await self._maybe_consolidate(session)
-        self.sessions.save(session)
+        self._save(session, lease)
 
         if turn.replied_in_turn:
             return None
@@ -265,14 +269,20 @@ class AgentLoop:
 
         return publish
 
-    async def _start_new_session(self, session: Session) -> str:
+    def _save(self, session: Session, lease: LockLease | None) -> None:
+        """Save history; under a shared lock (one with a token) the write is fenced by the lease."""
+        if lease is not None and lease.lost:
+            raise LockLost(f"session {session.key}: lock lost before saving")
+        self.sessions.save(session, fence=lease.fence if lease is not None and lease.token else None)
+
+    async def _start_new_session(self, session: Session, lease: LockLease | None) -> str:
         ok = await self.context.memory.consolidate(
             session, self.provider, self.model, keep_last=0, archive_all=True
         )
         if not ok:
             return "I could not archive this conversation to memory, so I kept it. Please try /new again."
         session.clear()
-        self.sessions.save(session)
+        self._save(session, lease)
         return "New session started. The previous conversation is archived in memory."
 
     async def _maybe_consolidate(self, session: Session) -> None:
@@ -301,7 +311,7 @@ class AgentLoop:
         async with self.locks.hold(session_key) as lease:
             log.info("direct turn session=%s message_id=%s lock_wait_ms=%.1f",
                      session_key, msg.message_id, lease.waited_s * 1000)
-            reply = await self._process_message(msg, on_progress=on_progress)
+            reply = await self._process_message(msg, on_progress=on_progress, lease=lease)
         return reply.content if reply else ""
 
     async def close(self) -> None:

@@ -29,6 +29,9 @@ class MessageBus:
     async def consume_outbound(self) -> OutboundMessage:
         return await self.outbound.get()
 
+    async def ack_outbound(self, msg: OutboundMessage) -> None:
+        """Called once `msg` was sent to its channel (durable backends forget it then; nothing to do here)."""
+
     async def close(self) -> None:
         """Release backend resources (nothing to do locally)."""
 

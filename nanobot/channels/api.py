@@ -15,9 +15,11 @@ default chat id "default") and `user` (the sender id checked against allowFrom, 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -83,6 +85,18 @@ class _ChatRequest:
     sender_id: str
     model: str
     stream: bool
+    idempotency_key: str | None = None
+
+    def message_id(self) -> str:
+        """A fresh id, or one derived from the Idempotency-Key, so a retried request is the same message."""
+        if self.idempotency_key is None:
+            return new_message_id()
+        digest = hashlib.sha256(f"{self.chat_id}\0{self.idempotency_key}".encode()).hexdigest()
+        return f"idem-{digest[:32]}"
+
+
+RECENT_REPLIES = 2048  # final replies kept for retries with the same Idempotency-Key
+RECENT_TTL_S = 600.0
 
 
 @dataclass(eq=False)
@@ -106,6 +120,7 @@ class ApiChannel(BaseChannel):
         self._server: HttpServer | None = None
         self._stop_event = asyncio.Event()
         self._pending: dict[str, _Pending] = {}
+        self._recent: OrderedDict[str, tuple[float, str]] = OrderedDict()  # message id -> (time, final reply)
         self._created = int(time.time())
 
     # ------------------------------------------------------------------ lifecycle
@@ -159,7 +174,10 @@ class ApiChannel(BaseChannel):
 
     # ------------------------------------------------------------------ outbound
     async def send(self, msg: OutboundMessage) -> None:
-        """Hand an agent message to the request it answers; anything else is logged and dropped."""
+        """Hand an agent message to the request it answers. A final reply is also kept a while, so a client
+        that lost its connection (or a gateway restart) can retry with the same Idempotency-Key."""
+        if msg.reply_to and not msg.is_progress:
+            self._remember(msg.reply_to, msg.content)
         pending = self._pending.get(msg.reply_to) if msg.reply_to else None
         if pending is None:
             log.info(
@@ -237,8 +255,15 @@ class ApiChannel(BaseChannel):
         if not self._running:
             raise self._unavailable()
         parsed = self._parse_chat_request(request)
-        message_id = new_message_id()
+        parsed.idempotency_key = self._idempotency_key(request)
+        message_id = parsed.message_id()
         session_key = f"{self.name}:{parsed.chat_id}"
+        known = self._recall(message_id)
+        if known is not None:
+            log.info("api request session=%s message_id=%s answered from a previous attempt", session_key, message_id)
+            return json_response(self._completion(message_id, parsed.model, known))
+        if message_id in self._pending:
+            raise ApiError(409, "A request with this Idempotency-Key is still running", code="request_in_progress")
         # The waiter exists before the message is published, so even an instant reply finds it.
         pending = _Pending(message_id=message_id, session_key=session_key, stream=parsed.stream)
         self._pending[message_id] = pending
@@ -345,6 +370,27 @@ class ApiChannel(BaseChannel):
         if not text.strip():
             raise ApiError(400, "The last user message has no text content", param=param)
         return text
+
+    def _remember(self, message_id: str, content: str) -> None:
+        self._recent[message_id] = (time.monotonic(), content)
+        self._recent.move_to_end(message_id)
+        while len(self._recent) > RECENT_REPLIES:
+            self._recent.popitem(last=False)
+
+    def _recall(self, message_id: str) -> str | None:
+        entry = self._recent.get(message_id)
+        if entry is None or time.monotonic() - entry[0] > RECENT_TTL_S:
+            return None
+        return entry[1]
+
+    @staticmethod
+    def _idempotency_key(request: Request) -> str | None:
+        value = request.headers.get("idempotency-key")
+        if value is None:
+            return None
+        if not value.strip() or len(value) > MAX_ID_LENGTH:
+            raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_ID_LENGTH} characters", param="Idempotency-Key")
+        return value
 
     @staticmethod
     def _optional_id(body: dict[str, Any], key: str, default: str) -> str:

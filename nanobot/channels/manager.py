@@ -76,7 +76,8 @@ class ChannelManager:
     async def _dispatch_outbound(self) -> None:
         while True:
             msg = await self.bus.consume_outbound()
-            await self.deliver(msg)
+            if await self.deliver(msg) or msg.channel not in self.channels:
+                await self.bus.ack_outbound(msg)
 
     async def stop_all(self) -> None:
         for name, channel in self.channels.items():

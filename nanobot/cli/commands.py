@@ -21,8 +21,10 @@ from nanobot.logs import setup_logging
 app = typer.Typer(name="nanobot", help=f"{__logo__} nanobot - a personal AI assistant", no_args_is_help=True)
 cron_app = typer.Typer(help="Scheduled jobs.", no_args_is_help=True)
 channels_app = typer.Typer(help="Chat channels.", no_args_is_help=True)
+sessions_app = typer.Typer(help="Conversation histories (file and Redis stores).", no_args_is_help=True)
 app.add_typer(cron_app, name="cron")
 app.add_typer(channels_app, name="channels")
+app.add_typer(sessions_app, name="sessions")
 
 console = Console()
 err = Console(stderr=True)
@@ -87,7 +89,31 @@ def _make_agent(config: Config) -> Any:
         provider = create_provider(config)
     except NoProviderError as exc:
         raise _fail(str(exc)) from exc
-    return AgentLoop.from_config(config, MessageBus(), provider, cron_service=CronService(cron_store_path()))
+    extra: dict[str, Any] = {}
+    if config.bus.backend == "celery":
+        # Same lock and history as the workers: this turn queues behind theirs for the same session.
+        import redis.asyncio as aioredis
+
+        from nanobot.session.factory import create_session_store, redis_keys
+        from nanobot.session.locks import RedisConversationLockManager
+
+        _require_redis(config)
+        client = aioredis.Redis.from_url(config.bus.redis_url, decode_responses=True)
+        extra = {
+            "locks": RedisConversationLockManager(client, redis_keys(config), ttl_ms=config.bus.lock.ttl_ms),
+            "sessions": create_session_store(config, fenced=True),
+            "reload_history": True,
+        }
+    return AgentLoop.from_config(config, MessageBus(), provider, cron_service=CronService(cron_store_path()), **extra)
+
+
+def _require_redis(config: Config) -> None:
+    from nanobot.bus.factory import BusUnavailableError, check_distributed_ready
+
+    try:
+        check_distributed_ready(config)
+    except BusUnavailableError as exc:
+        raise _fail(str(exc)) from exc
 
 
 @app.command()
@@ -142,6 +168,10 @@ def agent(
 def gateway(
     port: Annotated[int | None, typer.Option("--port", "-p", help="API channel port (sets channels.api.port).")] = None,
     bus: Annotated[str | None, typer.Option("--bus", help="Bus backend, local or celery (sets bus.backend).")] = None,
+    embedded_worker: Annotated[
+        bool | None,
+        typer.Option("--embedded-worker/--no-embedded-worker", help="Celery mode: also run a worker here."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run channels, the agent, cron and heartbeat until SIGTERM or Ctrl+C."""
@@ -157,12 +187,88 @@ def gateway(
         if bus not in ("local", "celery"):
             raise _fail(f"--bus must be local or celery, not {bus!r}", 2)
         config.bus.backend = bus  # type: ignore[assignment]
+    if embedded_worker is not None:
+        config.bus.run_embedded_worker = embedded_worker
     try:
         gw = Gateway(config)
     except (NoProviderError, BusUnavailableError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"{__logo__} nanobot gateway (bus={config.bus.backend})")
     asyncio.run(gw.run_until_signal())
+
+
+# ---------------------------------------------------------------------------- worker
+@app.command()
+def worker(
+    autoscale: Annotated[str | None, typer.Option("--autoscale", help="MAX,MIN pool processes.")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Fixed pool size.")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", "-P", help="prefork, threads or solo.")] = None,
+    queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated queues (default: all).")] = None,
+    name: Annotated[str | None, typer.Option("--hostname", "-n", help="Worker name.")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+) -> None:
+    """Run a Celery worker for distributed mode (the same as `celery -A nanobot_celery worker ...`)."""
+    from nanobot.bus.factory import BusUnavailableError, distributed
+
+    config = _load()
+    try:
+        argv = distributed("worker").worker_argv(
+            config, pool=pool, autoscale=autoscale, concurrency=concurrency, queues=queues, name=name,
+            loglevel=loglevel,
+        )
+    except BusUnavailableError as exc:
+        raise _fail(str(exc)) from exc
+    _require_redis(config)
+    err.print(" ".join(argv[2:]))
+    os.execv(argv[0], argv)
+
+
+# ---------------------------------------------------------------------------- sessions
+def _stores(config: Config) -> tuple[Any, Any]:
+    from nanobot.session.factory import create_session_store
+
+    _require_redis(config)
+    return create_session_store(config, "file"), create_session_store(config, "redis")
+
+
+@sessions_app.command("list")
+def sessions_list(
+    backend: Annotated[str | None, typer.Option("--backend", help="file or redis (default: sessions.backend).")] = None,
+) -> None:
+    """List stored conversations."""
+    from nanobot.session.factory import create_session_store
+
+    config = _load()
+    chosen = backend or config.sessions.backend
+    if chosen == "redis":
+        _require_redis(config)
+    table = Table(title=f"Sessions ({chosen})")
+    for col in ("key", "updated", "created"):
+        table.add_column(col)
+    for info in create_session_store(config, chosen).list_sessions():
+        table.add_row(info["key"], str(info.get("updated_at") or "-"), str(info.get("created_at") or "-"))
+    console.print(table)
+
+
+@sessions_app.command("export")
+def sessions_export() -> None:
+    """Copy histories from Redis to the workspace's session files (before switching sessions to file)."""
+    from nanobot.session.factory import copy_sessions
+
+    files, redis_store = _stores(_load())
+    report = copy_sessions(redis_store, files)
+    console.print(f"exported {len(report.copied)} session(s) to {files.sessions_dir}; "
+                  f"{len(report.skipped)} already up to date")
+
+
+@sessions_app.command("import")
+def sessions_import() -> None:
+    """Copy the workspace's session files into Redis (before switching sessions to redis)."""
+    from nanobot.session.factory import copy_sessions
+
+    files, redis_store = _stores(_load())
+    report = copy_sessions(files, redis_store)
+    console.print(f"imported {len(report.copied)} session(s) into Redis; {len(report.skipped)} already up to date")
 
 
 # ---------------------------------------------------------------------------- status

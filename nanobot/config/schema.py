@@ -129,6 +129,14 @@ class LockConfig(Base):
     ttl_ms: int = Field(default=120_000, ge=1000)
 
 
+class WorkerConfig(Base):
+    """How `nanobot worker` (and the gateway's embedded worker) runs Celery."""
+
+    pool: Literal["prefork", "threads", "solo"] = "prefork"
+    autoscale: str | None = Field(default="10,2", pattern=r"^\d+,\d+$")
+    concurrency: int | None = Field(default=None, gt=0)
+
+
 class BusConfig(Base):
     backend: Literal["local", "celery"] = "local"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -136,6 +144,12 @@ class BusConfig(Base):
     run_embedded_worker: bool = True
     outbound: Literal["stream", "pubsub"] = "stream"
     lock: LockConfig = Field(default_factory=LockConfig)
+    key_prefix: str = Field(default="nanobot", min_length=1)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    visibility_timeout_s: int = Field(default=3600, gt=0)
+    dedup_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    gateway_name: str = Field(default="gateway", min_length=1)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
 
 
 class SessionsConfig(Base):

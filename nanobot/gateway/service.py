@@ -1,4 +1,9 @@
-"""Assemble and run a gateway: bus, provider, agent loop, channels, cron and heartbeat."""
+"""Assemble and run a gateway: bus, channels, cron and heartbeat, and where turns run.
+
+Local mode: the agent loop runs here. Distributed mode (`bus.backend: celery`): turns run on Celery
+workers; this process keeps the channels and the outbound dispatcher, and adds the sweeper, the
+cron/heartbeat leader lock and (by default) an embedded worker (nanobot_celery/gateway.py).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nanobot.agent.loop import AgentLoop
 from nanobot.bus.events import OutboundMessage
-from nanobot.bus.factory import create_bus
+from nanobot.bus.factory import check_distributed_ready, create_bus, distributed
 from nanobot.bus.queue import MessageBus
 from nanobot.channels.manager import ChannelManager
 from nanobot.config.loader import cron_store_path
@@ -43,28 +49,47 @@ def cron_job_runner(agent: AgentLoop, bus: MessageBus) -> Callable[[CronJob], Aw
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.distributed: Any = None
+        self.agent: AgentLoop | None = None
+        if config.bus.backend == "celery":
+            check_distributed_ready(config)
         self.bus = create_bus(config)
-        self.provider = create_provider(config)
         self.cron = CronService(cron_store_path())
-        self.agent = AgentLoop.from_config(config, self.bus, self.provider, cron_service=self.cron)
-        self.cron.on_job = cron_job_runner(self.agent, self.bus)
+        on_heartbeat: Callable[[str], Awaitable[str | None]]
+        if config.bus.backend == "celery":
+            self.distributed = distributed("gateway").for_gateway(config, self.bus)
+            self.cron.on_job = self.distributed.cron_job_runner()
+            on_heartbeat = self.distributed.heartbeat
+        else:
+            agent = AgentLoop.from_config(config, self.bus, create_provider(config), cron_service=self.cron)
+            self.agent = agent
+            self.cron.on_job = cron_job_runner(agent, self.bus)
+
+            def on_heartbeat(prompt: str) -> Awaitable[str | None]:
+                return agent.process_direct(prompt, session_key="heartbeat", channel="cli", chat_id="heartbeat")
+
         self.channels = ChannelManager(config.channels, self.bus)
         hb = config.gateway.heartbeat
         self.heartbeat = HeartbeatService(
-            self.agent.workspace,
-            on_heartbeat=lambda prompt: self.agent.process_direct(
-                prompt, session_key="heartbeat", channel="cli", chat_id="heartbeat"
-            ),
-            interval_s=hb.interval_s,
-            enabled=hb.enabled,
+            config.workspace_path, on_heartbeat=on_heartbeat, interval_s=hb.interval_s, enabled=hb.enabled
         )
         self._agent_task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def _start_schedules(self) -> None:
         await self.cron.start()
         await self.heartbeat.start()
-        self._agent_task = asyncio.create_task(self.agent.run(), name="agent-loop")
+
+    async def _stop_schedules(self) -> None:
+        await self.heartbeat.stop()
+        await self.cron.stop()
+
+    async def start(self) -> None:
+        if self.agent is not None:
+            await self._start_schedules()
+            self._agent_task = asyncio.create_task(self.agent.run(), name="agent-loop")
         await self.channels.start_all()
+        if self.distributed is not None:
+            await self.distributed.start(on_gain=self._start_schedules, on_loss=self._stop_schedules)
         log.info(
             "gateway started: channels=%s bus=%s sessions=%s",
             ",".join(self.channels.channels) or "none", self.config.bus.backend, self.config.sessions.backend,
@@ -73,13 +98,15 @@ class Gateway:
     async def stop(self) -> None:
         log.info("gateway stopping")
         await self.channels.stop_all()
-        await self.heartbeat.stop()
-        await self.cron.stop()
-        self.agent.stop()
-        if self._agent_task is not None:
-            self._agent_task.cancel()
-            await asyncio.gather(self._agent_task, return_exceptions=True)
-        await self.agent.close()
+        await self._stop_schedules()
+        if self.distributed is not None:
+            await self.distributed.stop()
+        if self.agent is not None:
+            self.agent.stop()
+            if self._agent_task is not None:
+                self._agent_task.cancel()
+                await asyncio.gather(self._agent_task, return_exceptions=True)
+            await self.agent.close()
         await self.bus.close()
         log.info("gateway stopped")
 

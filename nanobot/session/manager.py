@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from nanobot.session.locks import LockLost
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,22 @@ class Session:
         tail = self.messages[self.last_consolidated :][-max_messages:] if max_messages > 0 else []
         start = next((i for i, m in enumerate(tail) if m.get("role") == "user"), len(tail))
         return [{k: m[k] for k in LLM_KEYS if k in m} for m in tail[start:]]
+
+    def recorded_reply(self, message_id: str) -> str | None:
+        """The final answer stored for the user message `message_id`, if that turn is in the history.
+
+        Lets a new lock holder finish a turn whose history was saved but whose reply was never sent
+        (the previous holder died in between) without running it twice."""
+        start = next((i for i, m in enumerate(self.messages) if m.get("message_id") == message_id), None)
+        if start is None:
+            return None
+        reply = None
+        for m in self.messages[start + 1 :]:
+            if m.get("role") == "user":
+                break
+            if m.get("role") == "assistant" and not m.get("tool_calls"):
+                reply = m.get("content")
+        return reply if isinstance(reply, str) else None
 
     def clear(self) -> None:
         self.messages = []
@@ -90,6 +111,16 @@ def session_filename(key: str) -> str:
     return re.sub(r"[:/\\<>|?*\"\x00-\x1f]", "_", key) + ".jsonl"
 
 
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.with_name(f".{path.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def parse_jsonl(text: str, source: str) -> tuple[list[dict[str, Any]], int]:
     """Records of a session file, and how many malformed lines were skipped."""
     records: list[dict[str, Any]] = []
@@ -109,14 +140,24 @@ def parse_jsonl(text: str, source: str) -> tuple[list[dict[str, Any]], int]:
     return records, bad
 
 
-class SessionManager:
-    """Sessions in `<workspace>/sessions/*.jsonl`, with a bounded in-memory cache."""
+# Given (session_key, fence), says whether that fence is still the newest holder's.
+FenceCheck = Callable[[str, int], bool]
 
-    def __init__(self, workspace: Path, cache_size: int = 256) -> None:
+
+class SessionManager:
+    """Sessions in `<workspace>/sessions/*.jsonl`, with a bounded in-memory cache.
+
+    With a `fence_check` (distributed mode), `save(session, fence=...)` writes only while `fence` is still
+    the newest lock holder's, under an exclusive file lock so the check and the rename cannot be split by
+    another process; otherwise it raises `LockLost`.
+    """
+
+    def __init__(self, workspace: Path, cache_size: int = 256, fence_check: FenceCheck | None = None) -> None:
         self.workspace = Path(workspace)
         self.sessions_dir = self.workspace / "sessions"
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.cache_size = cache_size
+        self.fence_check = fence_check
         self._cache: OrderedDict[str, Session] = OrderedDict()
 
     def path_for(self, key: str) -> Path:
@@ -143,12 +184,20 @@ class SessionManager:
             log.warning("session %s: %d malformed line(s); original kept at %s", key, bad, keep)
         return Session.from_records(key, records)
 
-    def save(self, session: Session) -> None:
-        """Write the whole session atomically (temp file, then rename)."""
+    def save(self, session: Session, fence: int | None = None) -> None:
+        """Write the whole session atomically (temp file, then rename); fenced when `fence` is given."""
         path = self.path_for(session.key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(session.to_jsonl(), encoding="utf-8")
-        os.replace(tmp, path)
+        if fence is None or self.fence_check is None:
+            os.replace(tmp, path)
+        else:
+            with _file_lock(path):
+                if not self.fence_check(session.key, fence):
+                    tmp.unlink(missing_ok=True)
+                    self.invalidate(session.key)
+                    raise LockLost(f"session {session.key}: fence {fence} is stale; history not written")
+                os.replace(tmp, path)
         self._remember(session)
 
     def invalidate(self, key: str) -> None:

@@ -1,0 +1,48 @@
+"""Celery settings for nanobot_celery: `celery -A nanobot_celery worker` and Flower read these.
+
+The broker, the queues and the visibility timeout come from nanobot's own config (~/.nanobot/config.json
+or $NANOBOT_CONFIG, `bus` section); the rest is fixed here because the guarantees depend on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from nanobot.config import Config, load_config
+from nanobot_celery.routing import QUEUE_PREFIX, all_queues
+
+
+def settings_from(config: Config) -> dict[str, Any]:
+    """The settings that depend on nanobot's config."""
+    bus = config.bus
+    return {
+        "broker_url": bus.redis_url,
+        # Longer than any turn: a task still unacknowledged after this is delivered again (see DESIGN §4).
+        "broker_transport_options": {"visibility_timeout": bus.visibility_timeout_s},
+        "task_queues": [Queue(name, routing_key=name) for name in all_queues(bus.shards)],
+        "task_default_queue": f"{QUEUE_PREFIX}.0",
+    }
+
+
+# A task is acknowledged when it finishes, so a worker killed mid-task leaves it to be delivered again.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One task at a time per pool process: nothing waits behind a long turn in a busy child's prefetch.
+worker_prefetch_multiplier = 1
+# Results are replies on the outbound path, not Celery results.
+task_ignore_result = True
+# Events for Flower.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+# Finish running turns on shutdown (soft shutdown), then stop.
+worker_soft_shutdown_timeout = 30.0
+worker_enable_soft_shutdown_on_idle = True
+broker_connection_retry_on_startup = True
+worker_cancel_long_running_tasks_on_connection_loss = False
+task_serializer = "json"
+accept_content = ["json"]
+
+globals().update(settings_from(load_config()))

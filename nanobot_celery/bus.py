@@ -1,0 +1,183 @@
+"""CeleryMessageBus: MessageBus's four methods, on Redis and Celery.
+
+publish_inbound  accept the message at once; a background flusher, in acceptance order, drops duplicates,
+                 appends to the conversation's mailbox and rings `process_turn` on the conversation's
+                 shard queue, retrying with backoff while Redis is down (the gateway keeps accepting).
+                 `/stop` instead asks the worker holding the conversation to cancel its turn.
+consume_inbound  not used: Celery workers consume (nanobot_celery/tasks.py).
+publish_outbound replies from workers (final replies go through the fenced commit in mailbox.py).
+consume_outbound the gateway's read of the outbound stream (or pub/sub); `ack_outbound` after sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from nanobot.bus.events import InboundMessage, OutboundMessage
+from nanobot.bus.queue import MessageBus
+from nanobot.config.schema import Config
+from nanobot.session.factory import redis_keys
+from nanobot_celery import outbound
+from nanobot_celery.mailbox import Mailbox
+from nanobot_celery.routing import queue_for
+
+log = logging.getLogger(__name__)
+
+PROCESS_TURN = "nanobot.process_turn"
+NOTHING_RUNNING = "Nothing is running in this conversation."
+
+
+def ring(session_key: str, shards: int) -> None:
+    """Send the doorbell task for a conversation (sync: Celery's producer)."""
+    from nanobot_celery.app import app
+
+    app.send_task(PROCESS_TURN, args=[session_key], queue=queue_for(session_key, shards))
+
+
+class CeleryMessageBus(MessageBus):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.keys = redis_keys(config)
+        self._redis: Any = None
+        self._mailbox: Mailbox | None = None
+        self._reader: outbound.StreamReader | outbound.PubSubReader | None = None
+        self._accepted: asyncio.Queue[InboundMessage] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> CeleryMessageBus:
+        from nanobot_celery.app import use_config
+
+        use_config(config)
+        return cls(config)
+
+    # --------------------------------------------------------------- connections (per event loop)
+    @property
+    def redis(self) -> Any:
+        if self._redis is None:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(
+                self.config.bus.redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+            )
+        return self._redis
+
+    @property
+    def mailbox(self) -> Mailbox:
+        if self._mailbox is None:
+            b = self.config.bus
+            self._mailbox = Mailbox(
+                self.redis, self.keys, b.dedup_ttl_s, b.outbound, rung_ttl_ms=int(b.sweep_interval_s * 3000)
+            )
+        return self._mailbox
+
+    # --------------------------------------------------------------- inbound
+    async def publish_inbound(self, msg: InboundMessage) -> None:
+        """Accept a message; it reaches Redis in acceptance order, even if Redis is down right now."""
+        if self._accepted is None:
+            self._accepted = asyncio.Queue()
+            self._flusher = asyncio.create_task(self._flush_forever(), name="inbound-flusher")
+        await self._accepted.put(msg)
+
+    async def _flush_forever(self) -> None:
+        assert self._accepted is not None
+        while True:
+            msg = await self._accepted.get()
+            delay = 0.1
+            while True:
+                try:
+                    await self.deliver_inbound(msg)
+                    break
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    self._log_retry(msg, exc, delay)
+                except Exception as exc:  # redis-py wraps connection failures in its own classes
+                    if not is_connection_error(exc):
+                        log.exception("session=%s message_id=%s could not be queued", msg.session_key, msg.message_id)
+                        break
+                    self._log_retry(msg, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            self._accepted.task_done()
+
+    @staticmethod
+    def _log_retry(msg: InboundMessage, exc: Exception, delay: float) -> None:
+        log.warning("session=%s message_id=%s Redis unavailable (%s); retrying in %.1fs",
+                    msg.session_key, msg.message_id, type(exc).__name__, delay)
+
+    async def deliver_inbound(self, msg: InboundMessage) -> None:
+        """Mailbox + doorbell now (raises while Redis is unreachable)."""
+        if msg.content.strip().lower() == "/stop":
+            await self._request_stop(msg)
+            return
+        if not await self.mailbox.enqueue(msg):
+            log.info("session=%s message_id=%s duplicate dropped", msg.session_key, msg.message_id)
+            return
+        log.info("session=%s message_id=%s queued", msg.session_key, msg.message_id)
+        await asyncio.to_thread(ring, msg.session_key, self.config.bus.shards)
+
+    async def _request_stop(self, msg: InboundMessage) -> None:
+        body = json.dumps(msg.to_dict(), ensure_ascii=False)
+        listeners = await self.redis.publish(self.keys.cancel(msg.session_key), body)
+        log.info("session=%s message_id=%s /stop sent to %d holder(s)", msg.session_key, msg.message_id, listeners)
+        if not listeners:
+            await self.publish_outbound(
+                OutboundMessage(msg.channel, msg.chat_id, NOTHING_RUNNING, reply_to=msg.message_id)
+            )
+
+    async def consume_inbound(self) -> InboundMessage:
+        raise RuntimeError("in celery mode, Celery workers consume inbound messages (nanobot_celery.tasks)")
+
+    async def wait_accepted(self, limit_s: float) -> bool:
+        """Wait until every accepted message reached Redis; False on timeout."""
+        if self._accepted is None:
+            return True
+        try:
+            await asyncio.wait_for(self._accepted.join(), limit_s)
+            return True
+        except TimeoutError:
+            return False
+
+    # --------------------------------------------------------------- outbound
+    async def publish_outbound(self, msg: OutboundMessage) -> None:
+        await outbound.publish(self.redis, self.keys.outbound, self.config.bus.outbound, msg)
+
+    @property
+    def reader(self) -> outbound.StreamReader | outbound.PubSubReader:
+        if self._reader is None:
+            if self.config.bus.outbound == "pubsub":
+                self._reader = outbound.PubSubReader(self.redis, self.keys.outbound)
+            else:
+                self._reader = outbound.StreamReader(self.redis, self.keys.outbound, name=self.config.bus.gateway_name)
+        return self._reader
+
+    async def consume_outbound(self) -> OutboundMessage:
+        return await self.reader.read()
+
+    async def ack_outbound(self, msg: OutboundMessage) -> None:
+        await self.reader.ack(msg)
+
+    async def close(self) -> None:
+        pending = self._accepted.qsize() if self._accepted is not None else 0
+        if pending and not await self.wait_accepted(10.0):
+            log.error("%d accepted message(s) could not reach Redis before shutdown", self._accepted.qsize())
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        if isinstance(self._reader, outbound.PubSubReader):
+            await self._reader.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+            self._mailbox = None
+            self._reader = None
+
+
+def is_connection_error(exc: Exception) -> bool:
+    import redis.exceptions
+    from kombu.exceptions import OperationalError
+
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OperationalError)

@@ -1,0 +1,139 @@
+"""The mailbox: each conversation's ordered queue of accepted messages in Redis.
+
+The gateway appends (`enqueue`, which also drops duplicates); the worker that holds the conversation
+lock moves the head to an in-flight list (`claim`), runs the turn, and `commit`s: the reply goes to the
+outbound channel, the message is marked done and leaves the in-flight list — all in one Lua script that
+first checks the lock is still ours. A holder that dies leaves its message in flight, where the next
+holder finds it first. Celery tasks only ring the doorbell: they carry the session key, never a message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from nanobot.bus.events import InboundMessage, OutboundMessage
+from nanobot.session.locks import LockLease, LockLost
+from nanobot.session.redis_keys import RedisKeys
+
+log = logging.getLogger(__name__)
+
+# KEYS: message record, mailbox, busy set, rung. ARGV: payload, dedup ttl s, session key, rung ttl ms.
+_ENQUEUE = """
+if not redis.call('SET', KEYS[1], 'queued', 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
+return 1
+"""
+# KEYS: lock, inflight, mailbox. ARGV: token. Returns {item, recovered} or {} when empty.
+_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('NANOBOT_LOCK_LOST') end
+local item = redis.call('LINDEX', KEYS[2], 0)
+if item then return {item, 1} end
+item = redis.call('LMOVE', KEYS[3], KEYS[2], 'LEFT', 'RIGHT')
+if item then return {item, 0} end
+return {}
+"""
+# KEYS: lock, inflight, message record, outbound. ARGV: token, item, reply ('' = none), maxlen, ttl, mode.
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] ~= '' then
+  if ARGV[6] == 'pubsub' then
+    redis.call('PUBLISH', KEYS[4], ARGV[3])
+  else
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[3])
+  end
+end
+redis.call('SET', KEYS[3], 'done', 'EX', ARGV[5])
+redis.call('LREM', KEYS[2], 1, ARGV[2])
+return 1
+"""
+# KEYS: mailbox, inflight, busy set. ARGV: session key. Forget an idle conversation.
+_FORGET_IF_IDLE = """
+if redis.call('LLEN', KEYS[1]) == 0 and redis.call('LLEN', KEYS[2]) == 0 then
+  return redis.call('SREM', KEYS[3], ARGV[1])
+end
+return 0
+"""
+
+OUTBOUND_MAXLEN = 100_000
+
+
+@dataclass
+class Claimed:
+    raw: str  # the exact mailbox entry, needed to remove it from the in-flight list
+    recovered: bool  # it was already in flight: a previous holder died or lost the lock while on it
+
+    def message(self) -> InboundMessage:
+        """Raises ValueError on a malformed entry."""
+        data: Any = json.loads(self.raw)
+        if not isinstance(data, dict):
+            raise ValueError("mailbox entry is not a JSON object")
+        return InboundMessage.from_dict(data)
+
+
+class Mailbox:
+    """Mailbox operations on a redis.asyncio client (decode_responses=True)."""
+
+    def __init__(
+        self, redis: Any, keys: RedisKeys, dedup_ttl_s: int, outbound_mode: str = "stream", rung_ttl_ms: int = 15_000
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.dedup_ttl_s = dedup_ttl_s
+        self.outbound_mode = outbound_mode
+        self.rung_ttl_ms = rung_ttl_ms
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._claim = redis.register_script(_CLAIM)
+        self._commit = redis.register_script(_COMMIT)
+        self._forget = redis.register_script(_FORGET_IF_IDLE)
+
+    async def enqueue(self, msg: InboundMessage) -> bool:
+        """Append to the conversation's mailbox; False when this message id was accepted before."""
+        sk = msg.session_key
+        keys = [
+            self.keys.message(sk, msg.message_id), self.keys.mailbox(sk), self.keys.busy_sessions, self.keys.rung(sk)
+        ]
+        payload = json.dumps(msg.to_dict(), ensure_ascii=False)
+        return bool(await self._enqueue(keys=keys, args=[payload, self.dedup_ttl_s, sk, self.rung_ttl_ms]))
+
+    async def claim(self, lease: LockLease) -> Claimed | None:
+        """The next message to run: one left in flight first, else the mailbox head (moved in flight)."""
+        sk = lease.session_key
+        try:
+            result = await self._claim(
+                keys=[self.keys.lock(sk), self.keys.inflight(sk), self.keys.mailbox(sk)], args=[lease.token]
+            )
+        except Exception as exc:
+            if "NANOBOT_LOCK_LOST" in str(exc):
+                raise LockLost(f"session {sk}: lock lost before claiming") from exc
+            raise
+        if not result:
+            return None
+        return Claimed(raw=result[0], recovered=bool(int(result[1])))
+
+    async def is_done(self, session_key: str, message_id: str) -> bool:
+        return await self.redis.get(self.keys.message(session_key, message_id)) == "done"
+
+    async def commit(self, lease: LockLease, claimed: Claimed, message_id: str, reply: OutboundMessage | None) -> bool:
+        """Publish the reply, mark the message done, drop it from flight; False if the lock is no longer ours."""
+        sk = lease.session_key
+        keys = [self.keys.lock(sk), self.keys.inflight(sk), self.keys.message(sk, message_id), self.keys.outbound]
+        body = json.dumps(reply.to_dict(), ensure_ascii=False) if reply is not None else ""
+        args = [lease.token, claimed.raw, body, OUTBOUND_MAXLEN, self.dedup_ttl_s, self.outbound_mode]
+        return bool(await self._commit(keys=keys, args=args))
+
+    async def forget_if_idle(self, session_key: str) -> None:
+        keys = [self.keys.mailbox(session_key), self.keys.inflight(session_key), self.keys.busy_sessions]
+        await self._forget(keys=keys, args=[session_key])
+
+    async def pending(self, session_key: str) -> int:
+        """Messages waiting or in flight for this conversation."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self.keys.mailbox(session_key))
+            pipe.llen(self.keys.inflight(session_key))
+            waiting, flying = await pipe.execute()
+        return int(waiting) + int(flying)

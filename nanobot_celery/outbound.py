@@ -1,0 +1,124 @@
+"""The outbound path of distributed mode: workers publish replies, the gateway reads and acks them.
+
+Default: a Redis Stream read by a consumer group, so replies published while the gateway is down wait
+for it, and an entry is acknowledged only after its channel sent it (a gateway that dies mid-send gets
+it again on restart). Option `bus.outbound: "pubsub"`: plain Redis pub/sub, which drops whatever is
+published while no gateway listens. Final replies are published by the fenced commit in mailbox.py;
+this module publishes the rest (progress, the message tool) and reads everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from nanobot.bus.events import OutboundMessage
+from nanobot_celery.mailbox import OUTBOUND_MAXLEN
+
+log = logging.getLogger(__name__)
+
+STREAM_ID = "_stream_id"  # metadata key carrying the entry id to ack
+
+
+async def publish(redis: Any, channel_key: str, mode: str, msg: OutboundMessage) -> None:
+    body = json.dumps(msg.to_dict(), ensure_ascii=False)
+    if mode == "pubsub":
+        await redis.publish(channel_key, body)
+    else:
+        await redis.xadd(channel_key, {"m": body}, maxlen=OUTBOUND_MAXLEN, approximate=True)
+
+
+def _decode(body: str, where: str) -> OutboundMessage | None:
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return OutboundMessage.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        log.error("malformed outbound entry %s dropped: %s", where, exc)
+        return None
+
+
+class StreamReader:
+    """Reads the outbound stream as consumer `name` of group `group`.
+
+    On start it first re-reads its own unacknowledged entries (what a previous run of this gateway
+    read but did not finish sending), and claims entries left idle by other consumers."""
+
+    def __init__(self, redis: Any, stream: str, group: str = "gateways", name: str = "gateway",
+                 claim_idle_ms: int = 60_000) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.name = name
+        self.claim_idle_ms = claim_idle_ms
+        self._backlog: list[tuple[str, dict[str, str]]] = []
+        self._started = False
+
+    async def _start(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except Exception as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        own = await self.redis.xreadgroup(self.group, self.name, {self.stream: "0"}, count=10_000)
+        for _stream, entries in own or []:
+            self._backlog.extend(e for e in entries if e[1])
+        claimed = await self.redis.xautoclaim(self.stream, self.group, self.name, self.claim_idle_ms, "0-0", count=1000)
+        self._backlog.extend(e for e in claimed[1] if e[1])
+        if self._backlog:
+            log.info("outbound: %d reply(ies) left unsent by an earlier run; sending them now", len(self._backlog))
+        self._started = True
+
+    async def read(self) -> OutboundMessage:
+        if not self._started:
+            await self._start()
+        while True:
+            if not self._backlog:
+                got = await self.redis.xreadgroup(self.group, self.name, {self.stream: ">"}, count=100, block=1000)
+                for _stream, entries in got or []:
+                    self._backlog.extend(entries)
+                continue
+            entry_id, fields = self._backlog.pop(0)
+            msg = _decode(fields.get("m", ""), entry_id)
+            if msg is None:
+                await self.redis.xack(self.stream, self.group, entry_id)
+                continue
+            msg.metadata[STREAM_ID] = entry_id
+            return msg
+
+    async def ack(self, msg: OutboundMessage) -> None:
+        entry_id = msg.metadata.pop(STREAM_ID, None)
+        if entry_id:
+            await self.redis.xack(self.stream, self.group, entry_id)
+
+
+class PubSubReader:
+    """Reads plain pub/sub: nothing to ack, and nothing kept while not subscribed."""
+
+    def __init__(self, redis: Any, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self._pubsub: Any = None
+
+    async def read(self) -> OutboundMessage:
+        if self._pubsub is None:
+            self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            await self._pubsub.subscribe(self.channel)
+        while True:
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is None:
+                await asyncio.sleep(0)
+                continue
+            msg = _decode(message["data"], self.channel)
+            if msg is not None:
+                return msg
+
+    async def ack(self, msg: OutboundMessage) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._pubsub is not None:
+            await self._pubsub.aclose()

@@ -1,0 +1,88 @@
+"""What one worker pool process (or thread) keeps between tasks: its event loop, Redis clients, provider,
+session store, lock manager and AgentLoop, built once (at `worker_process_init` for prefork children,
+on first use for threads) and reused by every task it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from nanobot.agent.loop import AgentLoop
+from nanobot.config import Config, load_config
+from nanobot.config.loader import cron_store_path
+from nanobot.cron.service import CronService
+from nanobot.providers.factory import create_provider
+from nanobot.session.factory import create_session_store, redis_keys
+from nanobot.session.locks import RedisConversationLockManager
+from nanobot_celery.bus import CeleryMessageBus
+from nanobot_celery.spawner import CelerySpawner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerRuntime:
+    config: Config
+    loop: asyncio.AbstractEventLoop
+    bus: CeleryMessageBus
+    locks: RedisConversationLockManager
+    agent: AgentLoop
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            await self.agent.close()
+            await self.bus.close()
+
+        self.loop.run_until_complete(shutdown())
+        self.loop.close()
+
+
+def build_runtime(config: Config | None = None) -> WorkerRuntime:
+    """Everything a task needs; no network round trip happens here (clients connect on first use)."""
+    config = config or load_config()
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    bus = CeleryMessageBus(config)
+    locks = RedisConversationLockManager(bus.redis, redis_keys(config), ttl_ms=config.bus.lock.ttl_ms)
+    agent = AgentLoop.from_config(
+        config,
+        bus,
+        create_provider(config),
+        sessions=create_session_store(config, fenced=True),
+        locks=locks,
+        spawner=CelerySpawner(config),
+        cron_service=CronService(cron_store_path()),
+        reload_history=True,  # other processes write histories: read them fresh under the lock
+    )
+    return WorkerRuntime(config, loop, bus, locks, agent)
+
+
+_local = threading.local()
+
+
+def get_runtime() -> WorkerRuntime:
+    runtime: WorkerRuntime | None = getattr(_local, "runtime", None)
+    if runtime is None:
+        runtime = _local.runtime = build_runtime()
+        log.info("worker runtime ready (model=%s, sessions=%s)", runtime.agent.model, runtime.config.sessions.backend)
+    return runtime
+
+
+def init_process_runtime() -> None:
+    """`worker_process_init`: build this child's runtime before its first task."""
+    get_runtime()
+
+
+def close_runtime() -> None:
+    runtime: WorkerRuntime | None = getattr(_local, "runtime", None)
+    if runtime is not None:
+        _local.runtime = None
+        runtime.close()

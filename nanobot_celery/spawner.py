@@ -1,0 +1,29 @@
+"""Subagents in distributed mode: each runs as its own Celery task and reports back through the mailbox."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import asdict
+
+from nanobot.agent.subagent import SubagentTask
+from nanobot.config.schema import Config
+from nanobot_celery.routing import SUBAGENT_QUEUE
+
+log = logging.getLogger(__name__)
+
+RUN_SUBAGENT = "nanobot.run_subagent"
+
+
+class CelerySpawner:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def spawn(self, task: str, label: str | None, channel: str, chat_id: str, session_key: str) -> str:
+        from nanobot_celery.app import app
+
+        job = SubagentTask(uuid.uuid4().hex[:8], task, label or task[:30], channel, chat_id, session_key)
+        await asyncio.to_thread(app.send_task, RUN_SUBAGENT, args=[asdict(job)], queue=SUBAGENT_QUEUE)
+        log.info("subagent=%s session=%s queued: %s", job.id, session_key, job.label)
+        return f"Subagent '{job.label}' started (id {job.id}); it will report back when done."

@@ -1,0 +1,149 @@
+"""A distributed-mode cluster for tests: real Redis (its own database, flushed), Celery workers and the
+gateway as real processes, the simulated LLM on loopback. Every process is stopped at teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from nanobot.config import load_config
+from nanobot.testing.llm_server import FakeLLM
+from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok, wait_until
+from nanobot_celery.worker import worker_argv
+from tests.conftest import write_config
+
+REDIS_HOST = os.environ.get("NANOBOT_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("NANOBOT_TEST_REDIS_PORT", "6379"))
+REDIS_DB = int(os.environ.get("NANOBOT_TEST_REDIS_DB", "13"))
+API_KEY = "cluster-key"
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, llm: FakeLLM, **bus: Any) -> None:
+        self.tmp_path = tmp_path
+        self.llm = llm
+        self.prefix = f"nbtest{uuid.uuid4().hex[:8]}"
+        self.redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+        self.port = free_port()
+        bus_config = {
+            "backend": "celery", "redisUrl": self.redis_url, "keyPrefix": self.prefix, "shards": 4,
+            "runEmbeddedWorker": False, "sweepIntervalS": 0.5, "lock": {"ttlMs": 3000},
+            "worker": {"pool": "prefork", "autoscale": "4,2"},
+        }
+        bus_config.update(bus)
+        self.config_path = write_config(
+            tmp_path, llm.base_url, bus=bus_config,
+            channels={"api": {"enabled": True, "port": self.port, "apiKey": API_KEY, "timeoutS": 60}},
+        )
+        self.env = {"NANOBOT_CONFIG": str(self.config_path), "NANOBOT_LOG_LEVEL": "INFO"}
+        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        self.workers: list[Process] = []
+        self.gateway: Process | None = None
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._logs = 0
+
+    @property
+    def config(self) -> Any:
+        return load_config(self.config_path)
+
+    def _log(self, name: str) -> Path:
+        self._logs += 1
+        return self.tmp_path / f"{self._logs:02d}-{name}.log"
+
+    def start_worker(self, **options: Any) -> Process:
+        name = options.pop("name", f"w{len(self.workers)}-{uuid.uuid4().hex[:4]}@%h")
+        argv = worker_argv(self.config, name=name, **options)
+        proc = Process(argv, self._log("worker"), env=self.env)
+        self.workers.append(proc)
+        wait_until(lambda: " ready." in proc.log(), 60, "worker ready", proc)
+        return proc
+
+    def start_gateway(self, *extra: str) -> Process:
+        self.gateway = Process(nanobot("gateway", *extra), self._log("gateway"), env=self.env)
+        wait_http_ok(f"{self.base}/health", 60, self.gateway)
+        return self.gateway
+
+    def chat(self, content: str, session_id: str, key: str | None = None, timeout: float = 60) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        if key:
+            headers["Idempotency-Key"] = key
+        body = {"messages": [{"role": "user", "content": content}], "session_id": session_id}
+        return httpx.post(f"{self.base}/v1/chat/completions", json=body, headers=headers, timeout=timeout)
+
+    def lock_owner_pid(self, session_key: str) -> int | None:
+        value = self.redis.get(f"{self.prefix}:lock:{session_key}")
+        return int(value.split(":")[2]) if value else None
+
+    def history(self, session_key: str) -> list[dict[str, Any]]:
+        path = self.tmp_path / "workspace" / "sessions" / (session_key.replace(":", "_") + ".jsonl")
+        if self.config.sessions.backend == "redis":
+            text = self.redis.get(f"{self.prefix}:session:{session_key}") or ""
+        else:
+            text = path.read_text() if path.exists() else ""
+        return [json.loads(line) for line in text.splitlines()[1:] if line.strip()]
+
+    def outbound(self) -> list[dict[str, Any]]:
+        """Every reply ever published on the outbound stream."""
+        return [json.loads(fields["m"]) for _id, fields in self.redis.xrange(f"{self.prefix}:outbound")]
+
+    def stop(self) -> None:
+        for proc in [self.gateway, *self.workers]:
+            if proc is not None:
+                if proc.alive:
+                    try:
+                        os.killpg(proc.proc.pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+                proc.stop(timeout=15)
+        self.redis.flushdb()
+        self.redis.close()
+
+    def dump_logs(self) -> str:
+        logs = sorted(self.tmp_path.glob("*.log"))
+        return "\n".join(f"==== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in logs)
+
+
+def redis_available() -> bool:
+    try:
+        return bool(redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path, fake_llm: FakeLLM, request: pytest.FixtureRequest) -> Iterator[Any]:
+    if not redis_available():
+        pytest.fail(f"Redis does not answer at {REDIS_HOST}:{REDIS_PORT} (scripts/test starts one)")
+    made: list[Cluster] = []
+
+    def make(**bus: Any) -> Cluster:
+        c = Cluster(tmp_path, fake_llm, **bus)
+        c.redis.flushdb()
+        made.append(c)
+        return c
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for c in made:
+        if failed is not None and failed.failed:
+            print(c.dump_logs())
+        c.stop()
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
