@@ -29,7 +29,9 @@ API_KEY = "cluster-key"
 
 
 class Cluster:
-    def __init__(self, tmp_path: Path, llm: FakeLLM, **bus: Any) -> None:
+    def __init__(
+        self, tmp_path: Path, llm: FakeLLM, api_timeout_s: float = 60, sessions: str = "file", **bus: Any
+    ) -> None:
         self.tmp_path = tmp_path
         self.llm = llm
         self.prefix = f"nbtest{uuid.uuid4().hex[:8]}"
@@ -43,7 +45,8 @@ class Cluster:
         bus_config.update(bus)
         self.config_path = write_config(
             tmp_path, llm.base_url, bus=bus_config,
-            channels={"api": {"enabled": True, "port": self.port, "apiKey": API_KEY, "timeoutS": 60}},
+            channels={"api": {"enabled": True, "port": self.port, "apiKey": API_KEY, "timeoutS": api_timeout_s}},
+            sessions={"backend": sessions},
         )
         self.env = {"NANOBOT_CONFIG": str(self.config_path), "NANOBOT_LOG_LEVEL": "INFO"}
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
@@ -79,6 +82,15 @@ class Cluster:
             headers["Idempotency-Key"] = key
         body = {"messages": [{"role": "user", "content": content}], "session_id": session_id}
         return httpx.post(f"{self.base}/v1/chat/completions", json=body, headers=headers, timeout=timeout)
+
+    def kill_holder(self, session_key: str, sig: int = signal.SIGKILL) -> Process:
+        """Signal the whole worker (main process and pool) whose child holds this conversation's lock."""
+        pid = self.lock_owner_pid(session_key)
+        assert pid is not None, f"nobody holds {session_key}"
+        group = os.getpgid(pid)
+        owner = next(w for w in self.workers if w.proc.pid == group)
+        os.killpg(group, sig)
+        return owner
 
     def lock_owner_pid(self, session_key: str) -> int | None:
         value = self.redis.get(f"{self.prefix}:lock:{session_key}")
@@ -126,8 +138,8 @@ def cluster_factory(tmp_path: Path, fake_llm: FakeLLM, request: pytest.FixtureRe
         pytest.fail(f"Redis does not answer at {REDIS_HOST}:{REDIS_PORT} (scripts/test starts one)")
     made: list[Cluster] = []
 
-    def make(**bus: Any) -> Cluster:
-        c = Cluster(tmp_path, fake_llm, **bus)
+    def make(**options: Any) -> Cluster:
+        c = Cluster(tmp_path, fake_llm, **options)
         c.redis.flushdb()
         made.append(c)
         return c

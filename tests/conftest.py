@@ -12,7 +12,6 @@ import pytest
 from nanobot.providers.openai_compat import OpenAICompatProvider
 from nanobot.testing.llm_server import FakeLLM
 
-
 pytest_plugins = ["tests.cluster"]
 
 

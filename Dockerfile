@@ -1,0 +1,40 @@
+# nanobot image: the gateway, the Celery workers and Flower all run from it (see docker-compose.yml).
+#
+#   docker build -t nanobot .
+#   docker run --rm -v nanobot-data:/data nanobot            # `nanobot gateway`, local mode
+#   docker run --rm -v nanobot-data:/data nanobot nanobot status
+#
+# No secret is baked in: API keys come from the environment at run time (NANOBOT_* overrides, e.g.
+# NANOBOT_PROVIDERS__OPENROUTER__API_KEY) or from /data/config.json on the volume.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# An unprivileged user owns /data; the installed code stays root-owned and read-only to it.
+RUN groupadd --system --gid 1000 nanobot \
+    && useradd --system --uid 1000 --gid nanobot --create-home --home-dir /home/nanobot \
+       --shell /usr/sbin/nologin nanobot
+
+WORKDIR /app
+# Everything pyproject.toml packages: the two packages, the `celeryconfig` module and the readme it names.
+COPY pyproject.toml README.md celeryconfig.py ./
+COPY nanobot/ ./nanobot/
+COPY nanobot_celery/ ./nanobot_celery/
+RUN pip install ".[celery]"
+
+# Config, workspace, cron jobs (kept beside the config file) all live on the /data volume.
+ENV NANOBOT_CONFIG=/data/config.json \
+    NANOBOT_AGENTS__DEFAULTS__WORKSPACE=/data/workspace
+RUN mkdir -p /data/workspace && chown -R nanobot:nanobot /data
+VOLUME ["/data"]
+
+USER nanobot
+
+# 8900: the API channel (OpenAI-compatible HTTP; set NANOBOT_CHANNELS__API__HOST=0.0.0.0 to reach it).
+# 5555: Flower (`celery -A nanobot_celery flower`).
+EXPOSE 8900 5555
+
+CMD ["nanobot", "gateway"]
