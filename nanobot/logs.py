@@ -20,5 +20,5 @@ def setup_logging(level: str | None = None) -> None:
         root.addHandler(handler)
     root.setLevel(chosen)
     # Libraries that log every HTTP request at INFO would drown the turn lines.
-    for noisy in ("httpx", "httpcore", "openai"):
+    for noisy in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

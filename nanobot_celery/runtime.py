@@ -48,7 +48,7 @@ class WorkerRuntime:
 def build_runtime(config: Config | None = None) -> WorkerRuntime:
     """Everything a task needs; no network round trip happens here (clients connect on first use)."""
     config = config or load_config()
-    for noisy in ("httpx", "httpcore", "openai"):
+    for noisy in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

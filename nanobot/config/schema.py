@@ -12,7 +12,9 @@ from pydantic.alias_generators import to_camel
 class Base(BaseModel):
     """camelCase aliases, snake_case accepted, unknown keys ignored (the loader warns about them)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", coerce_numbers_to_str=True
+    )
 
 
 # ---------------------------------------------------------------- agents

@@ -1,0 +1,394 @@
+"""docker-compose.yml and the Dockerfile agree with the code they run.
+
+No Docker engine runs here, so nothing is built or started: instead every NANOBOT_* variable must be a real
+config key, every command line must parse with the real CLI (nanobot's typer app, Celery's worker command,
+Flower's options), and the image must install everything pyproject.toml packages.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import typer.main
+
+from nanobot.cli.commands import app as nanobot_cli
+from nanobot.config.loader import _NOT_OVERRIDES, ENV_CONFIG_PATH, ENV_PREFIX, apply_env_overrides, unknown_keys
+from nanobot.config.schema import Config
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+# What a user would export before `docker compose up`; the secrets are required, the rest have defaults.
+USER_ENV = {"NANOBOT_API_KEY": "test-api-key", "FLOWER_PASSWORD": "test-flower-password"}
+NANOBOT_SERVICES = ("gateway", "worker", "flower")
+
+_VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `${VAR?error}`, `$$`."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.group("name"), m.group("op"), m.group("arg")
+        current = env.get(name)
+        missing = current is None or (op is not None and op.startswith(":") and current == "")
+        if op in (":-", "-"):
+            return arg if missing else current
+        if op in (":?", "?") and missing:
+            raise ValueError(f"{name}: {arg}")
+        return current or ""
+
+    return _VAR.sub(sub, value)
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    return interpolate(yaml.safe_load(COMPOSE.read_text(encoding="utf-8")), USER_ENV if env is None else env)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    services = compose.get("services") or {}
+    assert name in services, f"docker-compose.yml has no {name!r} service"
+    return services[name]
+
+
+def command(svc: dict[str, Any]) -> list[str]:
+    cmd = svc.get("command")
+    assert cmd, "service has no command"
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(part) for part in cmd]
+
+
+def environment(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def overrides(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and k not in _NOT_OVERRIDES}
+
+
+def config_of(svc: dict[str, Any]) -> Config:
+    raw: dict[str, Any] = {}
+    apply_env_overrides(raw, overrides(environment(svc)))
+    return Config.model_validate(raw)
+
+
+def seconds(duration: str | int) -> float:
+    """Compose durations: `90s`, `1m30s`, `1h`."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def published(svc: dict[str, Any]) -> set[int]:
+    """The container ports a service publishes."""
+    ports: set[int] = set()
+    for entry in svc.get("ports") or []:
+        target = entry.get("target") if isinstance(entry, dict) else str(entry).split("/")[0].rsplit(":", 1)[-1]
+        ports.add(int(target))
+    return ports
+
+
+def option_value(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+@pytest.fixture
+def celery_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """nanobot_celery imported against an empty config file, never ~/.nanobot."""
+    config = tmp_path / "config.json"
+    config.write_text("{}", encoding="utf-8")
+    monkeypatch.setenv(ENV_CONFIG_PATH, str(config))
+    import nanobot_celery
+
+    return nanobot_celery
+
+
+# ---------------------------------------------------------------------------- interpolation and secrets
+def test_secrets_are_required_not_defaulted() -> None:
+    for missing in USER_ENV:
+        env = {k: v for k, v in USER_ENV.items() if k != missing}
+        with pytest.raises(ValueError, match=missing):
+            load_compose(env)
+        with pytest.raises(ValueError, match=missing):
+            load_compose({**env, missing: ""})
+    text = COMPOSE.read_text(encoding="utf-8")
+    for value in USER_ENV.values():
+        assert value not in text
+
+
+def test_nanobot_services_share_one_image(compose: dict[str, Any]) -> None:
+    images = {name: service(compose, name).get("image") for name in NANOBOT_SERVICES}
+    builds = {name: service(compose, name).get("build") for name in NANOBOT_SERVICES}
+    assert len(set(images.values())) == 1 and None not in images.values(), images
+    assert all(
+        build in (".", "./") or (isinstance(build, dict) and build.get("context") in (".", "./"))
+        for build in builds.values()
+    ), builds
+
+
+# ---------------------------------------------------------------------------- env -> config
+@pytest.mark.parametrize("name", NANOBOT_SERVICES)
+def test_every_nanobot_variable_is_a_config_key(compose: dict[str, Any], name: str) -> None:
+    env = environment(service(compose, name))
+    variables = overrides(env)
+    assert variables, f"{name} sets no NANOBOT_ overrides"
+    for var, value in variables.items():
+        raw: dict[str, Any] = {}
+        apply_env_overrides(raw, {var: value})
+        assert unknown_keys(Config, raw) == [], f"{name}: {var} is not a config key"
+    config = config_of(service(compose, name))
+    assert config.bus.backend == "celery"
+    assert env.get(ENV_CONFIG_PATH) == "/data/config.json"
+
+
+def test_gateway_config(compose: dict[str, Any]) -> None:
+    gateway = service(compose, "gateway")
+    config = config_of(gateway)
+    assert config.bus.backend == "celery"
+    assert config.bus.run_embedded_worker is False
+    assert config.sessions.backend == "redis"
+    api = config.channels.api
+    assert api.enabled is True
+    assert api.host == "0.0.0.0"
+    assert api.api_key == USER_ENV["NANOBOT_API_KEY"]
+    assert api.port in published(gateway), f"API port {api.port} not published: {gateway.get('ports')}"
+    assert config.agents.defaults.model == "anthropic/claude-opus-4-5"
+    assert config.workspace_path.is_relative_to("/data")
+    redis_host = config.bus.redis_url.split("://", 1)[1].split("/")[0].split(":")[0].rsplit("@", 1)[-1]
+    assert redis_host == "redis" and "redis" in compose["services"]
+
+
+def test_workers_and_gateway_agree(compose: dict[str, Any]) -> None:
+    """A turn must see the same bus, sessions, workspace and model on any worker as the gateway expects."""
+    gateway, worker, flower = (config_of(service(compose, n)) for n in NANOBOT_SERVICES)
+    assert worker.bus == gateway.bus
+    assert worker.sessions == gateway.sessions
+    assert worker.agents == gateway.agents
+    assert worker.providers == gateway.providers
+    assert flower.bus.redis_url == gateway.bus.redis_url
+
+
+def test_optional_values_default_sensibly() -> None:
+    compose = load_compose({**USER_ENV, "NANOBOT_MODEL": "openai/gpt-4o", "OPENROUTER_API_KEY": "sk-or-x"})
+    config = config_of(service(compose, "gateway"))
+    assert config.agents.defaults.model == "openai/gpt-4o"
+    assert config.providers.openrouter.api_key == "sk-or-x"
+
+
+# ---------------------------------------------------------------------------- commands
+def test_gateway_command_parses(compose: dict[str, Any]) -> None:
+    argv = command(service(compose, "gateway"))
+    assert argv[0] == "nanobot", argv
+    assert "nanobot" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    group = typer.main.get_command(nanobot_cli)
+    sub = group.commands[argv[1]]
+    ctx = sub.make_context(argv[1], argv[2:])
+    assert ctx.params["bus"] == "celery"
+    assert ctx.params["embedded_worker"] is False
+
+
+def test_worker_command(compose: dict[str, Any], celery_app: Any) -> None:
+    worker = service(compose, "worker")
+    argv = command(worker)
+    assert argv[:4] == ["celery", "-A", "nanobot_celery", "worker"], argv
+    assert "--autoscale=10,2" in argv
+    assert hasattr(celery_app, "app")
+
+    from celery.bin.worker import worker as celery_worker
+
+    opts = {opt for param in celery_worker.params for opt in param.opts}
+    assert {"--autoscale", "--without-gossip", "--without-mingle", "--loglevel"} <= opts
+    ctx = celery_worker.make_context("worker", argv[4:], obj=SimpleNamespace(app=celery_app.app))
+    assert ctx.params["autoscale"] == (10, 2)
+    assert ctx.params["without_gossip"] and ctx.params["without_mingle"]
+    assert ctx.params["pool"].__module__.endswith("prefork"), "--autoscale only works with the prefork pool"
+    assert ctx.params["queues"] is None, "without -Q a worker consumes every turn queue"
+
+    # The same fixed flags `nanobot worker` uses.
+    from nanobot_celery.worker import worker_argv
+
+    fixed = [a for a in worker_argv(config_of(worker)) if a.startswith("--without")]
+    assert fixed and set(fixed) <= set(argv), fixed
+
+    replicas = (worker.get("deploy") or {}).get("replicas")
+    assert isinstance(replicas, int) and replicas >= 1
+    assert "container_name" not in worker, "a container_name forbids --scale"
+
+    import celeryconfig
+
+    grace = seconds(worker.get("stop_grace_period", "10s"))
+    assert grace > celeryconfig.worker_soft_shutdown_timeout, "Docker would SIGKILL during the soft shutdown"
+
+
+def test_flower_command(compose: dict[str, Any]) -> None:
+    flower_svc = service(compose, "flower")
+    argv = command(flower_svc)
+    assert argv[:4] == ["celery", "-A", "nanobot_celery", "flower"], argv
+    auth = option_value(argv, "--basic-auth")
+    assert auth is not None, "Flower must not be open without auth"
+    user, _, password = auth.partition(":")
+    assert user == "admin" and password == USER_ENV["FLOWER_PASSWORD"]
+    port = int(option_value(argv, "--port") or 5555)
+    assert port == 5555 and port in published(flower_svc)
+
+    import flower  # noqa: F401  (installed by the celery extra)
+    from flower.options import options
+
+    defined = set(options._options)
+    for arg in argv[4:]:
+        assert arg.startswith("--") and arg[2:].split("=", 1)[0] in defined, f"not a Flower option: {arg}"
+    env = environment(flower_svc)
+    assert env.get("NANOBOT_BUS__REDIS_URL") == "redis://redis:6379/0"
+
+
+def test_redis(compose: dict[str, Any]) -> None:
+    redis = service(compose, "redis")
+    assert str(redis.get("image", "")).startswith("redis:7")
+    argv = command(redis)
+    pairs = set(itertools.pairwise(argv))
+    assert ("--appendonly", "yes") in pairs, argv
+    assert ("--maxmemory-policy", "noeviction") in pairs, argv
+    test = (redis.get("healthcheck") or {}).get("test")
+    joined = " ".join(test) if isinstance(test, list) else str(test)
+    assert "redis-cli" in joined and "ping" in joined
+    volumes = [str(v).split(":")[0] for v in redis.get("volumes") or []]
+    assert any(v in (compose.get("volumes") or {}) for v in volumes), "Redis data must be on a named volume"
+    for name in ("gateway", "worker"):
+        depends = service(compose, name).get("depends_on") or {}
+        assert isinstance(depends, dict) and depends.get("redis", {}).get("condition") == "service_healthy", name
+
+
+def test_data_volume_is_shared(compose: dict[str, Any]) -> None:
+    named = compose.get("volumes") or {}
+    mounts = {}
+    for name in ("gateway", "worker"):
+        found = [str(v).split(":") for v in service(compose, name).get("volumes") or []]
+        data = [parts[0] for parts in found if len(parts) >= 2 and parts[1] == "/data"]
+        assert len(data) == 1 and data[0] in named, f"{name}: /data must be a named volume"
+        mounts[name] = data[0]
+    assert mounts["gateway"] == mounts["worker"]
+
+
+# ---------------------------------------------------------------------------- Dockerfile
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    lines: list[str] = []
+    pending = ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        lines.append(pending + stripped)
+        pending = ""
+    result = []
+    for line in lines:
+        instruction, _, args = line.partition(" ")
+        result.append((instruction.upper(), args.strip()))
+    return result
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction, args in dockerfile_instructions():
+        if instruction == "ENV":
+            for token in shlex.split(args):
+                key, _, value = token.partition("=")
+                env[key] = value
+    return env
+
+
+def exec_form(args: str) -> list[str]:
+    return json.loads(args) if args.startswith("[") else shlex.split(args)
+
+
+def test_dockerfile_installs_the_project() -> None:
+    steps = dockerfile_instructions()
+    assert steps[0] == ("FROM", "python:3.11-slim"), steps[0]
+    install = re.compile(r"pip install ['\"]?\.\[celery\]")
+    runs = [i for i, (ins, args) in enumerate(steps) if ins == "RUN" and install.search(args)]
+    assert runs, 'the image must `pip install ".[celery]"`'
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "celery" in pyproject["project"]["optional-dependencies"]
+
+    copied: set[str] = set()
+    for ins, args in steps[: runs[0]]:
+        if ins == "COPY":
+            sources = [s for s in exec_form(args)[:-1] if not s.startswith("--")]
+            copied.update(s.rstrip("/").removeprefix("./") for s in sources)
+    setuptools = pyproject["tool"]["setuptools"]
+    needed = {f"{m}.py" for m in setuptools.get("py-modules", [])}
+    patterns = setuptools["packages"]["find"]["include"]
+    needed |= {
+        d.name
+        for d in ROOT.iterdir()
+        if d.is_dir() and (d / "__init__.py").exists() and any(fnmatch.fnmatch(d.name, p) for p in patterns)
+    }
+    needed |= {"pyproject.toml", pyproject["project"]["readme"]}
+    assert {"nanobot", "nanobot_celery", "celeryconfig.py"} <= needed
+    assert needed <= copied, f"not copied before pip install: {sorted(needed - copied)}"
+
+
+def test_dockerfile_runtime(compose: dict[str, Any]) -> None:
+    steps = dockerfile_instructions()
+    env = dockerfile_env()
+    assert env.get(ENV_CONFIG_PATH) == "/data/config.json"
+    assert env.get(ENV_CONFIG_PATH) == environment(service(compose, "gateway")).get(ENV_CONFIG_PATH)
+    raw: dict[str, Any] = {}
+    apply_env_overrides(raw, overrides(env))
+    assert unknown_keys(Config, raw) == []
+    assert Config.model_validate(raw).workspace_path.is_relative_to("/data")
+
+    users = [args for ins, args in steps if ins == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
+    volumes = [exec_form(args) for ins, args in steps if ins == "VOLUME"]
+    assert ["/data"] in volumes
+    exposed = {p.split("/")[0] for ins, args in steps if ins == "EXPOSE" for p in args.split()}
+    assert {"8900", "5555"} <= exposed
+    cmds = [exec_form(args) for ins, args in steps if ins == "CMD"]
+    assert cmds and cmds[-1] == ["nanobot", "gateway"]
+
+
+def test_no_secrets_in_the_image() -> None:
+    secret = re.compile(r"KEY|TOKEN|PASSWORD|SECRET", re.IGNORECASE)
+    for key, value in dockerfile_env().items():
+        assert not (secret.search(key) and value), f"secret baked into the image: {key}"
+    for ins, args in dockerfile_instructions():
+        if ins == "ARG":
+            assert not secret.search(args), f"build arg for a secret: {args}"
