@@ -77,7 +77,12 @@ class StreamReader:
             await self._start()
         while True:
             if not self._backlog:
-                got = await self.redis.xreadgroup(self.group, self.name, {self.stream: ">"}, count=100, block=1000)
+                try:
+                    got = await self.redis.xreadgroup(self.group, self.name, {self.stream: ">"}, count=100, block=1000)
+                except Exception as exc:
+                    if "NOGROUP" in str(exc):  # Redis came back without our group (no persistence): recreate it
+                        self._started = False
+                    raise
                 for _stream, entries in got or []:
                     self._backlog.extend(entries)
                 continue

@@ -74,10 +74,20 @@ class ChannelManager:
             return False
 
     async def _dispatch_outbound(self) -> None:
+        """Deliver, then acknowledge; a bus that fails (Redis restarting) is retried with backoff."""
+        delay = 0.1
         while True:
-            msg = await self.bus.consume_outbound()
-            if await self.deliver(msg) or msg.channel not in self.channels:
-                await self.bus.ack_outbound(msg)
+            try:
+                msg = await self.bus.consume_outbound()
+                if await self.deliver(msg) or msg.channel not in self.channels:
+                    await self.bus.ack_outbound(msg)
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbound: bus unavailable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def stop_all(self) -> None:
         for name, channel in self.channels.items():
