@@ -39,7 +39,6 @@ task_send_sent_event = True
 task_track_started = True
 # Finish running turns on shutdown (soft shutdown), then stop.
 worker_soft_shutdown_timeout = 30.0
-worker_enable_soft_shutdown_on_idle = True
 broker_connection_retry_on_startup = True
 worker_cancel_long_running_tasks_on_connection_loss = False
 task_serializer = "json"

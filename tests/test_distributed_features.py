@@ -28,7 +28,9 @@ def test_embedded_worker_serves_alone(cluster_factory: Any, fake_llm: FakeLLM) -
     gateway = cluster.start_gateway()
     assert content(cluster.chat("hi embedded", "e")) == "echo: hi embedded"
     assert "starting the embedded worker" in gateway.log()
-    assert gateway.stop() == 0
+    started = time.monotonic()
+    assert gateway.stop(timeout=30) == 0
+    assert time.monotonic() - started < 20, "an idle gateway should stop promptly"
     time.sleep(0.5)
     leftover = subprocess.run(["pgrep", "-f", f"embedded-{gateway.proc.pid}@"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "the embedded worker outlived its gateway"

@@ -144,24 +144,15 @@ def parse_jsonl(text: str, source: str) -> tuple[list[dict[str, Any]], int]:
 FenceCheck = Callable[[str, int], bool]
 
 
-class SessionManager:
-    """Sessions in `<workspace>/sessions/*.jsonl`, with a bounded in-memory cache.
+class SessionCache:
+    """A bounded LRU of loaded sessions in front of a store's `load` (shared by the file and Redis stores)."""
 
-    With a `fence_check` (distributed mode), `save(session, fence=...)` writes only while `fence` is still
-    the newest lock holder's, under an exclusive file lock so the check and the rename cannot be split by
-    another process; otherwise it raises `LockLost`.
-    """
-
-    def __init__(self, workspace: Path, cache_size: int = 256, fence_check: FenceCheck | None = None) -> None:
-        self.workspace = Path(workspace)
-        self.sessions_dir = self.workspace / "sessions"
-        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, cache_size: int) -> None:
         self.cache_size = cache_size
-        self.fence_check = fence_check
         self._cache: OrderedDict[str, Session] = OrderedDict()
 
-    def path_for(self, key: str) -> Path:
-        return self.sessions_dir / session_filename(key)
+    def load(self, key: str) -> Session | None:
+        raise NotImplementedError
 
     def get_or_create(self, key: str) -> Session:
         session = self._cache.get(key)
@@ -171,6 +162,35 @@ class SessionManager:
         session = self.load(key) or Session(key=key)
         self._remember(session)
         return session
+
+    def invalidate(self, key: str) -> None:
+        """Forget the cached copy; the next get_or_create reads the store again."""
+        self._cache.pop(key, None)
+
+    def _remember(self, session: Session) -> None:
+        self._cache[session.key] = session
+        self._cache.move_to_end(session.key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+
+class SessionManager(SessionCache):
+    """Sessions in `<workspace>/sessions/*.jsonl`, with a bounded in-memory cache.
+
+    With a `fence_check` (distributed mode), `save(session, fence=...)` writes only while `fence` is still
+    the newest lock holder's, under an exclusive file lock so the check and the rename cannot be split by
+    another process; otherwise it raises `LockLost`.
+    """
+
+    def __init__(self, workspace: Path, cache_size: int = 256, fence_check: FenceCheck | None = None) -> None:
+        super().__init__(cache_size)
+        self.workspace = Path(workspace)
+        self.sessions_dir = self.workspace / "sessions"
+        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        self.fence_check = fence_check
+
+    def path_for(self, key: str) -> Path:
+        return self.sessions_dir / session_filename(key)
 
     def load(self, key: str) -> Session | None:
         """Read a session from its file (bypassing the cache); None when there is none."""
@@ -200,10 +220,6 @@ class SessionManager:
                 os.replace(tmp, path)
         self._remember(session)
 
-    def invalidate(self, key: str) -> None:
-        """Forget the cached copy; the next get_or_create reads the file again."""
-        self._cache.pop(key, None)
-
     def delete(self, key: str) -> bool:
         self.invalidate(key)
         path = self.path_for(key)
@@ -232,9 +248,3 @@ class SessionManager:
                 }
             )
         return sorted(found, key=lambda s: s.get("updated_at") or "", reverse=True)
-
-    def _remember(self, session: Session) -> None:
-        self._cache[session.key] = session
-        self._cache.move_to_end(session.key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)

@@ -8,11 +8,10 @@ holder's (checked in the same Lua script as the write); otherwise it raises `Loc
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 
 from nanobot.session.locks import LockLost
-from nanobot.session.manager import Session, parse_jsonl
+from nanobot.session.manager import Session, SessionCache, parse_jsonl
 from nanobot.session.redis_keys import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -26,22 +25,12 @@ return 1
 """
 
 
-class RedisSessionManager:
+class RedisSessionManager(SessionCache):
     def __init__(self, redis: Any, keys: RedisKeys | None = None, cache_size: int = 256) -> None:
+        super().__init__(cache_size)
         self.redis = redis  # a sync redis.Redis with decode_responses=True
         self.keys = keys or RedisKeys()
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, Session] = OrderedDict()
         self._save = redis.register_script(_SAVE)
-
-    def get_or_create(self, key: str) -> Session:
-        session = self._cache.get(key)
-        if session is not None:
-            self._cache.move_to_end(key)
-            return session
-        session = self.load(key) or Session(key=key)
-        self._remember(session)
-        return session
 
     def load(self, key: str) -> Session | None:
         text = self.redis.get(self.keys.session(key))
@@ -64,9 +53,6 @@ class RedisSessionManager:
             raise LockLost(f"session {session.key}: fence {fence} is stale; history not written")
         self._remember(session)
 
-    def invalidate(self, key: str) -> None:
-        self._cache.pop(key, None)
-
     def delete(self, key: str) -> bool:
         self.invalidate(key)
         removed = self.redis.delete(self.keys.session(key))
@@ -85,9 +71,3 @@ class RedisSessionManager:
             found.append({"key": key, "created_at": meta.get("created_at"), "updated_at": meta.get("updated_at"),
                           "path": f"redis:{self.keys.session(key)}"})
         return sorted(found, key=lambda s: s.get("updated_at") or "", reverse=True)
-
-    def _remember(self, session: Session) -> None:
-        self._cache[session.key] = session
-        self._cache.move_to_end(session.key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
