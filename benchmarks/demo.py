@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from nanobot.testing.llm_server import FakeLLM, RecordedRequest
-from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok
+from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok, wait_until
 
 console = Console()
 
@@ -109,23 +110,63 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else 0.0
 
 
-async def run_demo(users: int, turns: int, latency: float, jitter: float, workdir: Path) -> bool:
+@dataclass
+class Setup:
+    users: int
+    turns: int
+    latency: float
+    jitter: float
+    workdir: Path
+    bus: str = "local"
+    workers: int = 3
+    autoscale: str = "10,2"
+    redis_url: str = "redis://127.0.0.1:6379/12"
+
+
+def start_workers(setup: Setup, env: dict[str, str]) -> list[Process]:
+    argv = [sys.executable, "-m", "celery", "-A", "nanobot_celery", "worker", f"--autoscale={setup.autoscale}",
+            "--loglevel=INFO", "--without-gossip", "--without-mingle"]
+    workers = [
+        Process([*argv, f"--hostname=demo{i}@%h"], setup.workdir / f"worker{i}.log", env=env)
+        for i in range(setup.workers)
+    ]
+    for w in workers:
+        wait_until(lambda w=w: " ready." in w.log(), 60, "worker ready", w)  # type: ignore[misc]
+    return workers
+
+
+def forget_keys(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{prefix}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+async def run_demo(setup: Setup) -> bool:
+    users, turns, latency, jitter, workdir = setup.users, setup.turns, setup.latency, setup.jitter, setup.workdir
     llm = FakeLLM(latency_s=latency, jitter=jitter, seed=1).start()
     port = free_port()
-    config = {
+    prefix = f"nbdemo{uuid.uuid4().hex[:8]}"
+    config: dict[str, object] = {
         "agents": {
             "defaults": {"workspace": str(workdir / "workspace"), "model": "simulated-model", "provider": "custom"}
         },
         "providers": {"custom": {"apiKey": "demo", "apiBase": llm.base_url}},
-        "channels": {"api": {"enabled": True, "port": port, "timeoutS": 60}},
+        "channels": {"api": {"enabled": True, "port": port, "timeoutS": 120}},
         "gateway": {"heartbeat": {"enabled": False}},
+        "bus": {"backend": setup.bus, "redisUrl": setup.redis_url, "keyPrefix": prefix, "runEmbeddedWorker": False},
     }
     config_path = workdir / "config.json"
     config_path.write_text(json.dumps(config, indent=2))
-    gateway = Process(nanobot("gateway"), workdir / "gateway.log", env={"NANOBOT_CONFIG": str(config_path)})
+    env = {"NANOBOT_CONFIG": str(config_path)}
+    workers = start_workers(setup, env) if setup.bus == "celery" else []
+    gateway = Process(nanobot("gateway"), workdir / "gateway.log", env=env)
     try:
+        where = f"celery mode, {setup.workers} workers --autoscale={setup.autoscale}" if workers else "local mode"
         console.print(
-            f"[bold]nanobot demo[/bold]: local mode, {users} users × {turns} turns, "
+            f"[bold]nanobot demo[/bold]: {where}, {users} users × {turns} turns, "
             f"SIMULATED LLM latency {latency:.2f}s ± {jitter:.0%} (workdir {workdir})"
         )
         wait_http_ok(f"http://127.0.0.1:{port}/health", 30, gateway)
@@ -140,7 +181,11 @@ async def run_demo(users: int, turns: int, latency: float, jitter: float, workdi
         checks = check(list(runs), llm.requests, turns)
     finally:
         gateway.stop()
+        for w in workers:
+            w.stop(timeout=40)
         llm.stop()
+        if setup.bus == "celery":
+            forget_keys(setup.redis_url, prefix)
 
     table = Table(title="checks (judged from the simulated LLM's records and the users' replies)")
     table.add_column("check")
@@ -168,10 +213,16 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--latency", type=float, default=0.5, help="simulated LLM latency in seconds")
     parser.add_argument("--jitter", type=float, default=0.2, help="latency jitter as a fraction")
+    parser.add_argument("--bus", choices=["local", "celery"], default="local")
+    parser.add_argument("--workers", type=int, default=3, help="celery mode: worker processes")
+    parser.add_argument("--autoscale", default="10,2", help="celery mode: --autoscale of each worker")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12", help="celery mode: Redis to use")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, sessions)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="nanobot-demo-"))
-    ok = asyncio.run(run_demo(args.users, args.turns, args.latency, args.jitter, workdir))
+    setup = Setup(args.users, args.turns, args.latency, args.jitter, workdir, args.bus, args.workers, args.autoscale,
+                  args.redis_url)
+    ok = asyncio.run(run_demo(setup))
     if not args.keep:
         import shutil
 

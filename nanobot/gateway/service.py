@@ -46,6 +46,17 @@ def cron_job_runner(agent: AgentLoop, bus: MessageBus) -> Callable[[CronJob], Aw
     return run
 
 
+async def _step(name: str, work: Awaitable[None], limit_s: float = 10.0) -> None:
+    """One shutdown step, bounded: a step that hangs is logged and left, so the gateway still exits."""
+    log.debug("stopping %s", name)
+    try:
+        await asyncio.wait_for(work, limit_s)
+    except TimeoutError:
+        log.error("stopping %s took longer than %.0fs; going on without it", name, limit_s)
+    except Exception:
+        log.exception("stopping %s failed; going on", name)
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -97,17 +108,17 @@ class Gateway:
 
     async def stop(self) -> None:
         log.info("gateway stopping")
-        await self.channels.stop_all()
-        await self._stop_schedules()
+        await _step("channels", self.channels.stop_all())
+        await _step("cron and heartbeat", self._stop_schedules())
         if self.distributed is not None:
-            await self.distributed.stop()
+            await _step("distributed mode", self.distributed.stop(), limit_s=60)
         if self.agent is not None:
             self.agent.stop()
             if self._agent_task is not None:
                 self._agent_task.cancel()
                 await asyncio.gather(self._agent_task, return_exceptions=True)
-            await self.agent.close()
-        await self.bus.close()
+            await _step("agent", self.agent.close())
+        await _step("bus", self.bus.close(), limit_s=15)
         log.info("gateway stopped")
 
     async def run_until_signal(self) -> None:
