@@ -92,21 +92,15 @@ class CeleryMessageBus(MessageBus):
                 try:
                     await self.deliver_inbound(msg)
                     break
-                except (OSError, ConnectionError, TimeoutError) as exc:
-                    self._log_retry(msg, exc, delay)
-                except Exception as exc:  # redis-py wraps connection failures in its own classes
+                except Exception as exc:
                     if not is_connection_error(exc):
                         log.exception("session=%s message_id=%s could not be queued", msg.session_key, msg.message_id)
                         break
-                    self._log_retry(msg, exc, delay)
+                    log.warning("session=%s message_id=%s Redis unavailable (%s); retrying in %.1fs",
+                                msg.session_key, msg.message_id, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             self._accepted.task_done()
-
-    @staticmethod
-    def _log_retry(msg: InboundMessage, exc: Exception, delay: float) -> None:
-        log.warning("session=%s message_id=%s Redis unavailable (%s); retrying in %.1fs",
-                    msg.session_key, msg.message_id, type(exc).__name__, delay)
 
     async def deliver_inbound(self, msg: InboundMessage) -> None:
         """Mailbox + doorbell now (raises while Redis is unreachable)."""
@@ -177,7 +171,9 @@ class CeleryMessageBus(MessageBus):
 
 
 def is_connection_error(exc: Exception) -> bool:
+    """Redis (or the broker behind Celery) is unreachable: worth retrying later."""
     import redis.exceptions
     from kombu.exceptions import OperationalError
 
-    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OperationalError)
+    unreachable = (ConnectionError, TimeoutError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    return isinstance(exc, (*unreachable, OperationalError))

@@ -114,17 +114,15 @@ async def _answer(
             if not task.done():
                 task.cancel()
         await asyncio.gather(turn, watch, return_exceptions=True)
-    if turn.done() and not turn.cancelled() and turn.exception() is None:
-        return turn.result()
-    if turn.done() and not turn.cancelled() and isinstance(turn.exception(), LockLost):
-        raise turn.exception()  # type: ignore[misc]
-    if lease.lost:
+    if not turn.cancelled():
+        failure = turn.exception()
+        if failure is None:
+            return turn.result()
+        raise failure  # LockLost: the turn found its lock gone; anything else run_turn lets out
+    stop = None if watch.cancelled() else watch.result()
+    if lease.lost or stop is None:
         raise LockLost(f"session {lease.session_key}: lock lost during the turn")
-    stop = watch.result() if watch.done() and not watch.cancelled() else None
-    if isinstance(stop, InboundMessage):
-        raise _Stop(stop)
-    exc = turn.exception() if turn.done() and not turn.cancelled() else None
-    raise RuntimeError(f"turn ended unexpectedly: {exc!r}")
+    raise _Stop(stop)
 
 
 async def _watch(lease: LockLease, cancels: Any) -> InboundMessage | None:

@@ -122,3 +122,14 @@ def test_two_gateways_fire_each_cron_job_once(cluster_factory: Any, fake_llm: Fa
         assert len([m for m in history if m["role"] == "user"]) == len(pings)
     finally:
         second.stop()
+
+
+def test_worker_that_cannot_reach_the_llm_retries_then_apologises(cluster_factory: Any, fake_llm: FakeLLM) -> None:
+    fake_llm.add_rule(Rule(match="are you there", status=503, times=None))
+    cluster: Cluster = cluster_factory()
+    cluster.start_worker(autoscale="2,1")
+    cluster.start_gateway()
+    reply = content(cluster.chat("are you there?", "down"))
+    assert reply.startswith("Sorry, I could not reach the language model")
+    assert len([r for r in fake_llm.requests if r.last_user_text == "are you there?"]) == 2  # 1 try + 1 retry
+    assert cluster.history("api:down")[0]["content"] == "are you there?"  # the message is kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -75,10 +76,10 @@ def test_rollback_from_celery_with_redis_sessions_to_local(cluster_factory: Any,
 
     env = {**cluster.env}
     started = time.monotonic()
-    exported = subprocess.run(nanobot("sessions", "export"), env={**__import__("os").environ, **env},
+    exported = subprocess.run(nanobot("sessions", "export"), env={**os.environ, **env},
                               capture_output=True, text=True, timeout=60)
     assert exported.returncode == 0, exported.stderr
-    again = subprocess.run(nanobot("sessions", "export"), env={**__import__("os").environ, **env},
+    again = subprocess.run(nanobot("sessions", "export"), env={**os.environ, **env},
                            capture_output=True, text=True, timeout=60)
     assert "exported 0" in again.stdout  # idempotent
     config = json.loads(cluster.config_path.read_text())
