@@ -16,7 +16,7 @@ from nanobot.config import Config, load_config
 from nanobot.config.loader import cron_store_path
 from nanobot.cron.service import CronService
 from nanobot.providers.factory import create_provider
-from nanobot.session.factory import create_session_store, redis_keys
+from nanobot.session.factory import shared_turn_options
 from nanobot.session.locks import RedisConversationLockManager
 from nanobot_celery.bus import CeleryMessageBus
 from nanobot_celery.spawner import CelerySpawner
@@ -53,18 +53,16 @@ def build_runtime(config: Config | None = None) -> WorkerRuntime:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     bus = CeleryMessageBus(config)
-    locks = RedisConversationLockManager(bus.redis, redis_keys(config), ttl_ms=config.bus.lock.ttl_ms)
+    shared = shared_turn_options(config, bus.redis)
     agent = AgentLoop.from_config(
         config,
         bus,
         create_provider(config),
-        sessions=create_session_store(config, fenced=True),
-        locks=locks,
         spawner=CelerySpawner(config),
         cron_service=CronService(cron_store_path()),
-        reload_history=True,  # other processes write histories: read them fresh under the lock
+        **shared,
     )
-    return WorkerRuntime(config, loop, bus, locks, agent)
+    return WorkerRuntime(config, loop, bus, shared["locks"], agent)
 
 
 _local = threading.local()

@@ -94,16 +94,10 @@ def _make_agent(config: Config) -> Any:
         # Same lock and history as the workers: this turn queues behind theirs for the same session.
         import redis.asyncio as aioredis
 
-        from nanobot.session.factory import create_session_store, redis_keys
-        from nanobot.session.locks import RedisConversationLockManager
+        from nanobot.session.factory import shared_turn_options
 
         _require_redis(config)
-        client = aioredis.Redis.from_url(config.bus.redis_url, decode_responses=True)
-        extra = {
-            "locks": RedisConversationLockManager(client, redis_keys(config), ttl_ms=config.bus.lock.ttl_ms),
-            "sessions": create_session_store(config, fenced=True),
-            "reload_history": True,
-        }
+        extra = shared_turn_options(config, aioredis.Redis.from_url(config.bus.redis_url, decode_responses=True))
     return AgentLoop.from_config(config, MessageBus(), provider, cron_service=CronService(cron_store_path()), **extra)
 
 

@@ -50,6 +50,18 @@ def create_session_store(config: Config, backend: str | None = None, fenced: boo
     return SessionManager(config.workspace_path, fence_check=check)
 
 
+def shared_turn_options(config: Config, async_redis: Any) -> dict[str, Any]:
+    """AgentLoop options for a process that runs turns beside others (a worker, or the CLI in celery mode):
+    the Redis conversation lock, fenced history writes, and history re-read under the lock on every turn."""
+    from nanobot.session.locks import RedisConversationLockManager
+
+    return {
+        "locks": RedisConversationLockManager(async_redis, redis_keys(config), ttl_ms=config.bus.lock.ttl_ms),
+        "sessions": create_session_store(config, fenced=True),
+        "reload_history": True,
+    }
+
+
 @dataclass
 class CopyReport:
     copied: list[str]
