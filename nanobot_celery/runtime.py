@@ -5,6 +5,8 @@ on first use for threads) and reused by every task it runs."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import importlib
 import logging
 import threading
 from collections.abc import Coroutine
@@ -74,6 +76,26 @@ def get_runtime() -> WorkerRuntime:
         runtime = _local.runtime = build_runtime()
         log.info("worker runtime ready (model=%s, sessions=%s)", runtime.agent.model, runtime.config.sessions.backend)
     return runtime
+
+
+# Imported by the first LLM call, not at import time: loaded once in the worker's main process instead of
+# again in every pool child that autoscale forks.
+_LAZY_IMPORTS = ("anyio._backends._asyncio", "httpcore2", "httpcore", "openai.types.chat")
+
+
+def prepare_pool_parent() -> None:
+    """`worker_init`, in the worker's main process before the pool forks.
+
+    Loads what a turn would otherwise import lazily, so every child inherits it, and freezes the heap:
+    Celery runs `gc.collect()` before each fork (autoscale forks during a burst), which then has almost
+    nothing to scan, and the frozen objects' pages stay shared with the children.
+    """
+    for name in _LAZY_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+    gc.freeze()
 
 
 def init_process_runtime() -> None:

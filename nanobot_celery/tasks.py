@@ -6,19 +6,24 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from nanobot.agent.subagent import SubagentTask, run_subagent
 from nanobot.session.locks import LockLost
 from nanobot_celery.app import app
 from nanobot_celery.bus import PROCESS_TURN, is_connection_error
 from nanobot_celery.drain import drain
-from nanobot_celery.runtime import close_runtime, get_runtime, init_process_runtime
+from nanobot_celery.runtime import close_runtime, get_runtime, init_process_runtime, prepare_pool_parent
 from nanobot_celery.spawner import RUN_SUBAGENT
 
 log = logging.getLogger(__name__)
 
 REDIS_RETRY_LIMIT = 20
+
+
+@worker_init.connect
+def _prepare_pool_parent(**_: Any) -> None:
+    prepare_pool_parent()
 
 
 @worker_process_init.connect

@@ -1,0 +1,109 @@
+"""Simulated users: each holds one conversation of T turns with the gateway's API channel, one turn
+after the other, all users at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+RETRYABLE_STATUS = {409, 502, 503, 504}  # 409: the same Idempotency-Key is still being answered
+
+
+@dataclass
+class Turn:
+    user: int
+    index: int
+    text: str
+    sent_at: float = 0.0  # wall clock, comparable with the simulated LLM's records
+    answered_at: float = 0.0
+    reply: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+    @property
+    def latency_s(self) -> float:
+        return self.answered_at - self.sent_at
+
+
+@dataclass
+class User:
+    index: int
+    session_id: str
+    turns: list[Turn] = field(default_factory=list)
+
+
+def turn_text(user: int, turn: int) -> str:
+    return f"user {user} turn {turn}"
+
+
+async def _send(client: httpx.AsyncClient, url: str, user: User, turn: Turn, key: str | None) -> None:
+    body = {"model": "nanobot", "session_id": user.session_id, "messages": [{"role": "user", "content": turn.text}]}
+    headers = {"Idempotency-Key": key} if key else {}
+    turn.attempts += 1
+    try:
+        response = await client.post(url, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        turn.error = f"{type(exc).__name__}: {exc}"
+        return
+    if response.status_code == 200:
+        turn.reply = response.json()["choices"][0]["message"]["content"]
+        turn.error = None
+    else:
+        turn.error = f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+async def drive_user(
+    client: httpx.AsyncClient,
+    url: str,
+    user: User,
+    turns: int,
+    on_turn: Callable[[Turn], None],
+    retry_for_s: float = 0.0,
+) -> User:
+    """Send the user's next `turns` turns in order. With `retry_for_s`, each turn carries an Idempotency-Key and is
+    sent again (the same message, not a new one) after a connection error or a retryable status."""
+    first = len(user.turns)
+    for index in range(first, first + turns):
+        turn = Turn(user.index, index, turn_text(user.index, index), sent_at=time.time())
+        user.turns.append(turn)
+        key = f"{user.session_id}-{index}" if retry_for_s else None
+        deadline = time.monotonic() + retry_for_s
+        while True:
+            await _send(client, url, user, turn, key)
+            if turn.reply is not None or time.monotonic() >= deadline or not _retryable(turn.error):
+                break
+            await asyncio.sleep(0.5)
+        turn.answered_at = time.time()
+        on_turn(turn)
+    return user
+
+
+def _retryable(error: str | None) -> bool:
+    if error is None:
+        return False
+    if not error.startswith("HTTP "):
+        return True  # connection refused or reset: the gateway is restarting
+    return int(error.split()[1].rstrip(":")) in RETRYABLE_STATUS
+
+
+def make_users(count: int, session_prefix: str) -> list[User]:
+    return [User(u, f"{session_prefix}-{u}") for u in range(count)]
+
+
+async def drive_users(
+    base_url: str,
+    users: list[User],
+    turns: int,
+    on_turn: Callable[[Turn], None],
+    retry_for_s: float = 0.0,
+) -> list[User]:
+    """Every user sends their next `turns` turns, all users at once."""
+    url = f"{base_url}/v1/chat/completions"
+    limits = httpx.Limits(max_connections=len(users), max_keepalive_connections=len(users))
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        await asyncio.gather(*(drive_user(client, url, u, turns, on_turn, retry_for_s) for u in users))
+    return users
