@@ -145,7 +145,7 @@ def compare(layouts: list[Layout], load: Load, args: argparse.Namespace, llm: Si
         print_summary(console, probes, "overhead probe: 1 user, zero-latency SIMULATED LLM")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path = args.out / f"benchmark-{stamp}.json"
-    write_json(json_path, results + probes, {"duration_s": round(time.monotonic() - started, 1),
+    write_json(json_path, results, probes, {"duration_s": round(time.monotonic() - started, 1),
                                              "argv": sys.argv[1:]})
     png_path = args.out / f"benchmark-{stamp}.png"
     drawn = write_png(png_path, results)

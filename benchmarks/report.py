@@ -84,8 +84,9 @@ def print_summary(console: Console, results: list[Result], title: str) -> None:
     console.print(cost)
 
 
-def write_json(path: Path, results: list[Result], extra: dict[str, Any]) -> None:
-    payload = {"machine": machine(), "simulated_llm": True, **extra, "results": [r.to_dict() for r in results]}
+def write_json(path: Path, results: list[Result], probes: list[Result], extra: dict[str, Any]) -> None:
+    payload = {"machine": machine(), "simulated_llm": True, **extra, "results": [r.to_dict() for r in results],
+               "overhead_probe": [r.to_dict() for r in probes]}
     path.write_text(json.dumps(payload, indent=2))
 
 
