@@ -18,6 +18,7 @@ from nanobot.config import Config, load_config
 from nanobot.config.loader import cron_store_path
 from nanobot.cron.service import CronService
 from nanobot.providers.factory import create_provider
+from nanobot.providers.openai_compat import tls_context
 from nanobot.session.factory import shared_turn_options
 from nanobot.session.locks import RedisConversationLockManager
 from nanobot_celery.bus import CeleryMessageBus
@@ -86,7 +87,8 @@ _LAZY_IMPORTS = ("anyio._backends._asyncio", "httpcore2", "httpcore", "openai.ty
 def prepare_pool_parent() -> None:
     """`worker_init`, in the worker's main process before the pool forks.
 
-    Loads what a turn would otherwise import lazily, so every child inherits it, and freezes the heap:
+    Loads what a turn would otherwise import lazily and the TLS context of the LLM clients, so every
+    child inherits them, and freezes the heap:
     Celery runs `gc.collect()` before each fork (autoscale forks during a burst), which then has almost
     nothing to scan, and the frozen objects' pages stay shared with the children.
     """
@@ -95,6 +97,7 @@ def prepare_pool_parent() -> None:
             importlib.import_module(name)
         except ImportError:
             continue
+    tls_context()
     gc.freeze()
 
 

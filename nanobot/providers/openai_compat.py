@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
+import ssl
 from typing import Any
 
+import httpx
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 from openai.types.chat import ChatCompletion
 
 from nanobot.providers.base import LLMProvider, LLMResponse, ToolCallRequest
@@ -46,6 +49,14 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process for every provider client: loading the CA bundle costs ~25 ms of CPU,
+    which each client would otherwise pay again (a Celery worker builds one in every pool child; the
+    worker's main process makes this before forking, so the children inherit it)."""
+    return httpx.create_ssl_context()
+
+
 class OpenAICompatProvider(LLMProvider):
     """Chat completions with timeouts and retries (exponential backoff with jitter) on 429, 5xx and
     connection errors. When it gives up it returns an `is_error` response holding an apology, so the
@@ -72,6 +83,7 @@ class OpenAICompatProvider(LLMProvider):
             default_headers=extra_headers or None,
             timeout=timeout_s,
             max_retries=0,  # retries are ours: logged, bounded, with an apology at the end
+            http_client=DefaultAsyncHttpxClient(verify=tls_context()),
         )
 
     def get_default_model(self) -> str:
