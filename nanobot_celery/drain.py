@@ -57,8 +57,8 @@ async def _drain_locked(rt: WorkerRuntime, lease: LockLease) -> int:
     mailbox = rt.bus.mailbox
     sk = lease.session_key
     handled = 0
-    cancels = rt.bus.redis.pubsub(ignore_subscribe_messages=True)
-    await cancels.subscribe(rt.bus.keys.cancel(sk))
+    channel = rt.bus.keys.cancel(sk)
+    cancels = await _listen(rt, channel)
     try:
         while True:
             if lease.lost:
@@ -75,7 +75,7 @@ async def _drain_locked(rt: WorkerRuntime, lease: LockLease) -> int:
                 await mailbox.commit(lease, claimed, msg.message_id, None)
                 continue
             try:
-                reply = await _answer(rt, lease, claimed, msg, cancels)
+                reply = await _answer(rt, lease, claimed, msg, cancels, channel)
             except _Stop as stop:
                 handled += await _stop_queued(rt, lease, claimed, msg, stop.request)
                 continue
@@ -83,7 +83,39 @@ async def _drain_locked(rt: WorkerRuntime, lease: LockLease) -> int:
                 raise LockLost(f"session {sk}: lock lost before commit; reply dropped")
             handled += 1
     finally:
-        await cancels.aclose()
+        await _unlisten(rt, channel)
+
+
+async def _listen(rt: WorkerRuntime, channel: str) -> Any:
+    """Subscribe to a conversation's /stop channel on the runtime's one pub/sub connection, kept open
+    between drains (a connection per drain cost a connect and handshake per turn)."""
+    if rt.cancels is None:
+        rt.cancels = rt.bus.redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await rt.cancels.subscribe(channel)
+    except BaseException:
+        await _forget_listener(rt)
+        raise
+    return rt.cancels
+
+
+async def _unlisten(rt: WorkerRuntime, channel: str) -> None:
+    if rt.cancels is None:
+        return
+    try:
+        await rt.cancels.unsubscribe(channel)
+    except Exception as exc:  # a broken connection: the next drain opens a fresh one
+        log.debug("cancel listener dropped: %s", exc)
+        await _forget_listener(rt)
+
+
+async def _forget_listener(rt: WorkerRuntime) -> None:
+    cancels, rt.cancels = rt.cancels, None
+    if cancels is not None:
+        try:
+            await cancels.aclose()
+        except Exception as exc:
+            log.debug("closing the cancel listener: %s", exc)
 
 
 def _parse(claimed: Claimed) -> InboundMessage | None:
@@ -95,7 +127,7 @@ def _parse(claimed: Claimed) -> InboundMessage | None:
 
 
 async def _answer(
-    rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage, cancels: Any
+    rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage, cancels: Any, channel: str
 ) -> OutboundMessage | None:
     if claimed.recovered:
         session = rt.agent.sessions.load(msg.session_key)
@@ -106,7 +138,7 @@ async def _answer(
             return OutboundMessage(channel, chat_id, recorded, reply_to=msg.message_id)
         log.info("session=%s message_id=%s recovered: running it again", msg.session_key, msg.message_id)
     turn = asyncio.create_task(rt.agent.run_turn(msg, lease))
-    watch = asyncio.create_task(_watch(lease, cancels))
+    watch = asyncio.create_task(_watch(lease, cancels, channel))
     try:
         await asyncio.wait({turn, watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -125,11 +157,12 @@ async def _answer(
     raise _Stop(stop)
 
 
-async def _watch(lease: LockLease, cancels: Any) -> InboundMessage | None:
+async def _watch(lease: LockLease, cancels: Any, channel: str) -> InboundMessage | None:
     """Returns the /stop request when one arrives; returns None when the lock is lost."""
     while not lease.lost:
         message = await cancels.get_message(timeout=0.2)
-        if message is not None:
+        # The connection is reused between drains: a late message for an earlier conversation is skipped.
+        if message is not None and message.get("channel") == channel:
             try:
                 return InboundMessage.from_dict(json.loads(message["data"]))
             except (ValueError, TypeError) as exc:

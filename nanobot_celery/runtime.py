@@ -35,12 +35,15 @@ class WorkerRuntime:
     bus: CeleryMessageBus
     locks: RedisConversationLockManager
     agent: AgentLoop
+    cancels: Any = None  # the pub/sub connection that hears /stop for the conversation being drained
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
     def close(self) -> None:
         async def shutdown() -> None:
+            if self.cancels is not None:
+                await self.cancels.aclose()
             await self.agent.close()
             await self.bus.close()
 

@@ -83,7 +83,7 @@ class OpenAICompatProvider(LLMProvider):
             default_headers=extra_headers or None,
             timeout=timeout_s,
             max_retries=0,  # retries are ours: logged, bounded, with an apology at the end
-            http_client=DefaultAsyncHttpxClient(verify=tls_context()),
+            http_client=DefaultAsyncHttpxClient(timeout=timeout_s, verify=tls_context()),
         )
 
     def get_default_model(self) -> str:
