@@ -43,6 +43,9 @@ class Result:
     throughput_whole_run: float  # turns answered / whole run, tail included
     ideal: float | None  # min(users, slots) / LLM latency
     latency_ms: dict[str, float]
+    # the first turn of every conversation arrives at once (a cold pool grows then); later turns are spread
+    latency_first_turn_ms: dict[str, float]
+    latency_later_turns_ms: dict[str, float]
     overhead_ms: dict[str, float]  # end-to-end minus the simulated LLM's own time for the answered call
     lock_wait_ms: dict[str, float]
     cpu_ms_per_turn: float  # gateway + workers (every pool child included)
@@ -169,7 +172,10 @@ def summarize(
         llm_latency_s=load.latency_s, checks=judge(users, records, rerun_allowed), elapsed_s=round(elapsed, 3),
         turns_answered=len(answered), throughput=round(steady, 2),
         throughput_whole_run=round(whole, 2), ideal=ideal,
-        latency_ms=percentiles([t.latency_s * 1000 for t in answered]), overhead_ms=percentiles(overhead),
+        latency_ms=percentiles([t.latency_s * 1000 for t in answered]),
+        latency_first_turn_ms=percentiles([t.latency_s * 1000 for t in answered if t.index == 0]),
+        latency_later_turns_ms=percentiles([t.latency_s * 1000 for t in answered if t.index > 0]),
+        overhead_ms=percentiles(overhead),
         lock_wait_ms=percentiles(lock_waits_ms(logs)),
         cpu_ms_per_turn=round(sum(cpu_s.values()) * 1000 / n, 2),
         cpu_ms_by_role={role: round(s * 1000 / n, 2) for role, s in cpu_s.items()},

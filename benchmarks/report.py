@@ -51,7 +51,7 @@ def print_checks(console: Console, title: str, checks: list[Check]) -> None:
 def print_summary(console: Console, results: list[Result], title: str) -> None:
     speed = Table(title=f"{title}: speed")
     for column in ("layout", "checks", "turns/s", "whole run", "ideal", "efficiency", "p50 ms", "p95 ms", "p99 ms",
-                   "overhead p50 ms", "overhead p95 ms"):
+                   "p95 turn 1", "p95 later", "overhead p50 ms", "overhead p95 ms"):
         speed.add_column(column, justify="left" if column in ("layout", "checks") else "right")
     cost = Table(title=f"{title}: cost")
     for column in ("layout", "lock wait p50/p95 ms", "CPU ms/turn", "gateway", "workers", "Redis",
@@ -67,6 +67,7 @@ def print_summary(console: Console, results: list[Result], title: str) -> None:
             f"{r.ideal:.0f}" if r.ideal else "-",
             f"{r.efficiency:.0%}" if r.efficiency is not None else "-",
             _ms(r.latency_ms, "p50"), _ms(r.latency_ms, "p95"), _ms(r.latency_ms, "p99"),
+            _ms(r.latency_first_turn_ms, "p95"), _ms(r.latency_later_turns_ms, "p95"),
             f"{r.overhead_ms.get('p50', 0):.1f}", f"{r.overhead_ms.get('p95', 0):.1f}",
         )
         cost.add_row(
