@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import signal
 import sys
@@ -151,10 +150,6 @@ def compare(layouts: list[Layout], load: Load, args: argparse.Namespace, llm: Si
     drawn = write_png(png_path, results)
     console.print(f"report: {json_path}" + (f", {png_path}" if drawn else " (no PNG: matplotlib is not installed)"))
     return all(r.passed for r in results + probes)
-
-
-def load_report(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":
