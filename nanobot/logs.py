@@ -19,6 +19,11 @@ def setup_logging(level: str | None = None) -> None:
         handler._nanobot = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(chosen)
-    # Libraries that log every HTTP request at INFO would drown the turn lines.
+    quiet_http_loggers(root.level)
+
+
+def quiet_http_loggers(level: int = logging.WARNING) -> None:
+    """Libraries that log every HTTP request at INFO would drown the turn lines: at least WARNING for them.
+    (A Celery worker's logging is Celery's, so its runtime calls this directly.)"""
     for noisy in ("httpx", "httpx2", "httpcore", "openai"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, level))

@@ -17,6 +17,7 @@ from nanobot.agent.loop import AgentLoop
 from nanobot.config import Config, load_config
 from nanobot.config.loader import cron_store_path
 from nanobot.cron.service import CronService
+from nanobot.logs import quiet_http_loggers
 from nanobot.providers.factory import create_provider
 from nanobot.providers.openai_compat import tls_context
 from nanobot.session.factory import shared_turn_options
@@ -54,8 +55,7 @@ class WorkerRuntime:
 def build_runtime(config: Config | None = None) -> WorkerRuntime:
     """Everything a task needs; no network round trip happens here (clients connect on first use)."""
     config = config or load_config()
-    for noisy in ("httpx", "httpx2", "httpcore", "openai"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_http_loggers()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     bus = CeleryMessageBus(config)
