@@ -115,8 +115,7 @@ class DistributedGateway:
             if not await self.bus.mailbox.pending(session_key):
                 await self.bus.mailbox.forget_if_idle(session_key)
                 continue
-            ttl_ms = int(self.config.bus.sweep_interval_s * 3000)
-            if await redis.set(self.keys.rung(session_key), "1", nx=True, px=ttl_ms):
+            if await redis.set(self.keys.rung(session_key), "1", nx=True, px=self.bus.mailbox.rung_ttl_ms):
                 log.info("session=%s sweeper: work waiting with no holder; ringing", session_key)
                 await asyncio.to_thread(ring, session_key, self.config.bus.shards)
                 rung += 1
