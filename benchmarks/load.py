@@ -40,7 +40,8 @@ def turn_text(user: int, turn: int) -> str:
     return f"user {user} turn {turn}"
 
 
-async def _send(client: httpx.AsyncClient, url: str, user: User, turn: Turn, key: str | None) -> None:
+async def _send(client: httpx.AsyncClient, url: str, user: User, turn: Turn, key: str | None) -> bool:
+    """One attempt; True when it failed in a way worth sending the same message again."""
     body = {"model": "nanobot", "session_id": user.session_id, "messages": [{"role": "user", "content": turn.text}]}
     headers = {"Idempotency-Key": key} if key else {}
     turn.attempts += 1
@@ -48,12 +49,13 @@ async def _send(client: httpx.AsyncClient, url: str, user: User, turn: Turn, key
         response = await client.post(url, json=body, headers=headers)
     except httpx.HTTPError as exc:
         turn.error = f"{type(exc).__name__}: {exc}"
-        return
+        return True  # connection refused or reset: the gateway is restarting
     if response.status_code == 200:
         turn.reply = response.json()["choices"][0]["message"]["content"]
         turn.error = None
-    else:
-        turn.error = f"HTTP {response.status_code}: {response.text[:200]}"
+        return False
+    turn.error = f"HTTP {response.status_code}: {response.text[:200]}"
+    return response.status_code in RETRYABLE_STATUS
 
 
 async def drive_user(
@@ -73,21 +75,13 @@ async def drive_user(
         key = f"{user.session_id}-{index}" if retry_for_s else None
         deadline = time.monotonic() + retry_for_s
         while True:
-            await _send(client, url, user, turn, key)
-            if turn.reply is not None or time.monotonic() >= deadline or not _retryable(turn.error):
+            retryable = await _send(client, url, user, turn, key)
+            if not retryable or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.5)
         turn.answered_at = time.time()
         on_turn(turn)
     return user
-
-
-def _retryable(error: str | None) -> bool:
-    if error is None:
-        return False
-    if not error.startswith("HTTP "):
-        return True  # connection refused or reset: the gateway is restarting
-    return int(error.split()[1].rstrip(":")) in RETRYABLE_STATUS
 
 
 def make_users(count: int, session_prefix: str) -> list[User]:

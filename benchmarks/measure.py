@@ -53,7 +53,6 @@ class Result:
     redis_cpu_ms_per_turn: float
     peak_rss_mb: dict[str, float]
     latencies_ms: list[float] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -152,7 +151,6 @@ def summarize(
     cpu_s: dict[str, float],
     redis_cpu_s: float,
     peaks: dict[str, float],
-    rerun_allowed: bool = False,
 ) -> Result:
     turns = [t for u in users for t in u.turns]
     answered = [t for t in turns if t.reply is not None]
@@ -169,7 +167,7 @@ def summarize(
     return Result(
         layout=layout.name, bus=layout.bus, workers=layout.workers, pool=layout.pool,
         worker_flag=layout.worker_flag if layout.bus == "celery" else "", users=load.users, turns=load.turns,
-        llm_latency_s=load.latency_s, checks=judge(users, records, rerun_allowed), elapsed_s=round(elapsed, 3),
+        llm_latency_s=load.latency_s, checks=judge(users, records), elapsed_s=round(elapsed, 3),
         turns_answered=len(answered), throughput=round(steady, 2),
         throughput_whole_run=round(whole, 2), ideal=ideal,
         latency_ms=percentiles([t.latency_s * 1000 for t in answered]),
