@@ -33,7 +33,7 @@ class RedisSessionManager(SessionCache):
         self._save = redis.register_script(_SAVE)
 
     def load(self, key: str) -> Session | None:
-        text = self.redis.get(self.keys.session(key))
+        text = self.load_text(key)
         if text is None:
             return None
         records, bad = parse_jsonl(text, f"redis:{self.keys.session(key)}")
