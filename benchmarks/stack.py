@@ -105,7 +105,7 @@ class Stack:
                                     "provider": "custom"}},
             "providers": {"custom": {"apiKey": "simulated", "apiBase": llm.base_url}},
             "channels": {"api": {"enabled": True, "port": self.port, "timeoutS": 300}},
-            "gateway": {"heartbeat": {"enabled": False}},
+            "gateway": {"heartbeat": {"enabled": False}, "port": 0},
             "sessions": {"backend": sessions},
             "bus": bus,
         }

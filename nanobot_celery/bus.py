@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
+import uuid
 from typing import Any
 
 from nanobot.bus.events import InboundMessage, OutboundMessage
@@ -21,7 +24,8 @@ from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import Config
 from nanobot.session.factory import redis_keys
 from nanobot_celery import outbound
-from nanobot_celery.mailbox import Mailbox
+from nanobot_celery.lease import RedisLease
+from nanobot_celery.mailbox import ORIGIN, Mailbox
 from nanobot_celery.routing import queue_for
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ class CeleryMessageBus(MessageBus):
         super().__init__()
         self.config = config
         self.keys = redis_keys(config)
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._redis: Any = None
         self._mailbox: Mailbox | None = None
         self._reader: outbound.StreamReader | outbound.PubSubReader | None = None
@@ -81,6 +86,7 @@ class CeleryMessageBus(MessageBus):
         if self._accepted is None:
             self._accepted = asyncio.Queue()
             self._flusher = asyncio.create_task(self._flush_forever(), name="inbound-flusher")
+        msg.metadata[ORIGIN] = self.config.bus.gateway_name
         await self._accepted.put(msg)
 
     async def _flush_forever(self) -> None:
@@ -118,9 +124,8 @@ class CeleryMessageBus(MessageBus):
         listeners = await self.redis.publish(self.keys.cancel(msg.session_key), body)
         log.info("session=%s message_id=%s /stop sent to %d holder(s)", msg.session_key, msg.message_id, listeners)
         if not listeners:
-            await self.publish_outbound(
-                OutboundMessage(msg.channel, msg.chat_id, NOTHING_RUNNING, reply_to=msg.message_id)
-            )
+            reply = OutboundMessage(msg.channel, msg.chat_id, NOTHING_RUNNING, reply_to=msg.message_id)
+            await self.publish_outbound(outbound.addressed(reply, outbound.origin_of(msg)))
 
     async def consume_inbound(self) -> InboundMessage:
         raise RuntimeError("in celery mode, Celery workers consume inbound messages (nanobot_celery.tasks)")
@@ -135,17 +140,25 @@ class CeleryMessageBus(MessageBus):
         except TimeoutError:
             return False
 
+    def lease(self, name: str, ttl_s: float) -> RedisLease:
+        return RedisLease(self.redis, self.keys.leader(name), self.identity, int(ttl_s * 1000), name=name)
+
     # --------------------------------------------------------------- outbound
     async def publish_outbound(self, msg: OutboundMessage) -> None:
-        await outbound.publish(self.redis, self.keys.outbound, self.config.bus.outbound, msg)
+        """To the gateway that accepted what this answers (the turn's origin, on a worker), else to any."""
+        msg = outbound.addressed(msg, outbound.turn_origin.get())
+        stream = self.keys.outbound_for(msg.metadata.get(ORIGIN))
+        await outbound.publish(self.redis, stream, self.config.bus.outbound, msg)
 
     @property
     def reader(self) -> outbound.StreamReader | outbound.PubSubReader:
         if self._reader is None:
+            name = self.config.bus.gateway_name
+            streams = [self.keys.outbound, self.keys.outbound_for(name)]
             if self.config.bus.outbound == "pubsub":
-                self._reader = outbound.PubSubReader(self.redis, self.keys.outbound)
+                self._reader = outbound.PubSubReader(self.redis, streams)
             else:
-                self._reader = outbound.StreamReader(self.redis, self.keys.outbound, name=self.config.bus.gateway_name)
+                self._reader = outbound.StreamReader(self.redis, streams, name=name)
         return self._reader
 
     async def consume_outbound(self) -> OutboundMessage:

@@ -20,6 +20,7 @@ from typing import Any
 from nanobot.agent.loop import STOPPED_TEXT, reply_target
 from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.session.locks import LockLease, LockLost
+from nanobot_celery import outbound
 from nanobot_celery.mailbox import Claimed
 from nanobot_celery.runtime import WorkerRuntime
 
@@ -74,11 +75,17 @@ async def _drain_locked(rt: WorkerRuntime, lease: LockLease) -> int:
             if claimed.recovered and await mailbox.is_done(sk, msg.message_id):
                 await mailbox.commit(lease, claimed, msg.message_id, None)
                 continue
+            origin = outbound.origin_of(msg)
+            token = outbound.turn_origin.set(origin)
             try:
                 reply = await _answer(rt, lease, claimed, msg, cancels, channel)
             except _Stop as stop:
                 handled += await _stop_queued(rt, lease, claimed, msg, stop.request)
                 continue
+            finally:
+                outbound.turn_origin.reset(token)
+            if reply is not None:
+                outbound.addressed(reply, origin)
             if not await mailbox.commit(lease, claimed, msg.message_id, reply):
                 raise LockLost(f"session {sk}: lock lost before commit; reply dropped")
             handled += 1
@@ -189,13 +196,13 @@ async def _stop_queued(
         stopped.append((nxt, parsed))
     for item, m in stopped:
         channel, chat_id = reply_target(m)
-        reply = OutboundMessage(channel, chat_id, STOPPED_TEXT, reply_to=m.message_id)
+        reply = outbound.addressed(OutboundMessage(channel, chat_id, STOPPED_TEXT, reply_to=m.message_id),
+                                   outbound.origin_of(m))
         if not await mailbox.commit(lease, item, m.message_id, reply):
             raise LockLost(f"session {lease.session_key}: lock lost while stopping")
     log.info("session=%s message_id=%s /stop: %d turn(s)", lease.session_key, request.message_id, len(stopped))
-    await rt.bus.publish_outbound(
-        OutboundMessage(
-            request.channel, request.chat_id, f"⏹ Stopped {len(stopped)} task(s).", reply_to=request.message_id
-        )
+    done = OutboundMessage(
+        request.channel, request.chat_id, f"⏹ Stopped {len(stopped)} task(s).", reply_to=request.message_id
     )
+    await rt.bus.publish_outbound(outbound.addressed(done, outbound.origin_of(request)))
     return len(stopped)

@@ -15,8 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,7 +52,8 @@ class DistributedGateway:
         self.config = config
         self.bus = bus
         self.keys = bus.keys
-        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.identity = bus.identity
+        self.leader = bus.lease("gateway", LEADER_TTL_MS / 1000)
         self._tasks: list[asyncio.Task[None]] = []
         self._worker: asyncio.subprocess.Process | None = None
         self.is_leader = False
@@ -77,16 +76,9 @@ class DistributedGateway:
         return None
 
     async def lead(self, on_gain: Callable[[], Awaitable[None]], on_loss: Callable[[], Awaitable[None]]) -> None:
-        """Hold the leader lock while alive; run `on_gain` when taking it and `on_loss` when losing it."""
-        key = self.keys.leader("gateway")
+        """Hold the leader lease while alive; run `on_gain` when taking it and `on_loss` when losing it."""
         while True:
-            try:
-                mine = await self.bus.redis.set(key, self.identity, nx=True, px=LEADER_TTL_MS)
-                if not mine and await self.bus.redis.get(key) == self.identity:
-                    mine = await self.bus.redis.pexpire(key, LEADER_TTL_MS)
-            except Exception as exc:
-                log.warning("leader check failed: %s", exc)
-                mine = False
+            mine = await self.leader.acquire()
             if mine and not self.is_leader:
                 self.is_leader = True
                 log.info("this gateway leads cron and heartbeat (%s)", self.identity)
@@ -98,11 +90,8 @@ class DistributedGateway:
             await asyncio.sleep(LEADER_TTL_MS / 3000)
 
     async def resign(self) -> None:
-        if self.is_leader:
-            with contextlib.suppress(Exception):
-                if await self.bus.redis.get(self.keys.leader("gateway")) == self.identity:
-                    await self.bus.redis.delete(self.keys.leader("gateway"))
-            self.is_leader = False
+        await self.leader.release()
+        self.is_leader = False
 
     # ------------------------------------------------------------------ sweeper
     async def sweep_once(self) -> int:

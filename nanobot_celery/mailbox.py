@@ -60,6 +60,8 @@ return 0
 """
 
 OUTBOUND_MAXLEN = 100_000
+# Metadata key naming the gateway that accepted a message; its replies carry it back to that gateway.
+ORIGIN = "_gateway"
 
 
 @dataclass
@@ -121,7 +123,8 @@ class Mailbox:
     async def commit(self, lease: LockLease, claimed: Claimed, message_id: str, reply: OutboundMessage | None) -> bool:
         """Publish the reply, mark the message done, drop it from flight; False if the lock is no longer ours."""
         sk = lease.session_key
-        keys = [self.keys.lock(sk), self.keys.inflight(sk), self.keys.message(sk, message_id), self.keys.outbound]
+        stream = self.keys.outbound_for(reply.metadata.get(ORIGIN) if reply is not None else None)
+        keys = [self.keys.lock(sk), self.keys.inflight(sk), self.keys.message(sk, message_id), stream]
         body = json.dumps(reply.to_dict(), ensure_ascii=False) if reply is not None else ""
         args = [lease.token, claimed.raw, body, OUTBOUND_MAXLEN, self.dedup_ttl_s, self.outbound_mode]
         return bool(await self._commit(keys=keys, args=args))

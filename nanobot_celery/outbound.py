@@ -12,14 +12,32 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from contextvars import ContextVar
 from typing import Any
 
-from nanobot.bus.events import OutboundMessage
-from nanobot_celery.mailbox import OUTBOUND_MAXLEN
+from nanobot.bus.events import InboundMessage, OutboundMessage
+from nanobot_celery.mailbox import ORIGIN, OUTBOUND_MAXLEN
 
 log = logging.getLogger(__name__)
 
 STREAM_ID = "_stream_id"  # metadata key carrying the entry id to ack
+STREAM_KEY = "_stream"  # ... and the stream it came from
+
+# The gateway that accepted the message whose turn runs now (worker side): what the turn publishes
+# (progress, the message tool) goes back to it.
+turn_origin: ContextVar[str | None] = ContextVar("nanobot_turn_origin", default=None)
+
+
+def origin_of(msg: InboundMessage) -> str | None:
+    value = msg.metadata.get(ORIGIN)
+    return value if isinstance(value, str) and value else None
+
+
+def addressed(reply: OutboundMessage, origin: str | None) -> OutboundMessage:
+    """The reply, marked for the gateway that accepted what it answers."""
+    if origin and not reply.metadata.get(ORIGIN):
+        reply.metadata[ORIGIN] = origin
+    return reply
 
 
 async def publish(redis: Any, channel_key: str, mode: str, msg: OutboundMessage) -> None:
@@ -42,35 +60,42 @@ def _decode(body: str, where: str) -> OutboundMessage | None:
 
 
 class StreamReader:
-    """Reads the outbound stream as consumer `name` of group `group`.
+    """Reads outbound streams as consumer `name` of group `group`: the shared stream (replies any gateway
+    may send) and this gateway's own (replies to what it accepted).
 
     On start it first re-reads its own unacknowledged entries (what a previous run of this gateway
-    read but did not finish sending), and claims entries left idle by other consumers."""
+    read but did not finish sending), and claims entries of the shared stream left idle by other
+    consumers."""
 
-    def __init__(self, redis: Any, stream: str, group: str = "gateways", name: str = "gateway",
+    def __init__(self, redis: Any, streams: list[str], group: str = "gateways", name: str = "gateway",
                  claim_idle_ms: int = 60_000) -> None:
         self.redis = redis
-        self.stream = stream
+        self.streams = streams
         self.group = group
         self.name = name
         self.claim_idle_ms = claim_idle_ms
-        self._backlog: list[tuple[str, dict[str, str]]] = []
+        self._backlog: list[tuple[str, str, dict[str, str]]] = []  # (stream, entry id, fields)
         self._started = False
 
     async def _start(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except Exception as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        own = await self.redis.xreadgroup(self.group, self.name, {self.stream: "0"}, count=10_000)
-        for _stream, entries in own or []:
-            self._backlog.extend(e for e in entries if e[1])
-        claimed = await self.redis.xautoclaim(self.stream, self.group, self.name, self.claim_idle_ms, "0-0", count=1000)
-        self._backlog.extend(e for e in claimed[1] if e[1])
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except Exception as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        own = await self.redis.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, "0"), count=10_000)
+        self._keep(own)
+        shared = self.streams[0]
+        claimed = await self.redis.xautoclaim(shared, self.group, self.name, self.claim_idle_ms, "0-0", count=1000)
+        self._backlog.extend((shared, entry_id, fields) for entry_id, fields in claimed[1] if fields)
         if self._backlog:
             log.info("outbound: %d reply(ies) left unsent by an earlier run; sending them now", len(self._backlog))
         self._started = True
+
+    def _keep(self, got: Any) -> None:
+        for stream, entries in got or []:
+            self._backlog.extend((stream, entry_id, fields) for entry_id, fields in entries if fields)
 
     async def read(self) -> OutboundMessage:
         if not self._started:
@@ -78,46 +103,49 @@ class StreamReader:
         while True:
             if not self._backlog:
                 try:
-                    got = await self.redis.xreadgroup(self.group, self.name, {self.stream: ">"}, count=100, block=1000)
+                    got = await self.redis.xreadgroup(
+                        self.group, self.name, dict.fromkeys(self.streams, ">"), count=100, block=1000
+                    )
                 except Exception as exc:
                     if "NOGROUP" in str(exc):  # Redis came back without our group (no persistence): recreate it
                         self._started = False
                     raise
-                for _stream, entries in got or []:
-                    self._backlog.extend(entries)
+                self._keep(got)
                 continue
-            entry_id, fields = self._backlog.pop(0)
+            stream, entry_id, fields = self._backlog.pop(0)
             msg = _decode(fields.get("m", ""), entry_id)
             if msg is None:
-                await self.redis.xack(self.stream, self.group, entry_id)
+                await self.redis.xack(stream, self.group, entry_id)
                 continue
             msg.metadata[STREAM_ID] = entry_id
+            msg.metadata[STREAM_KEY] = stream
             return msg
 
     async def ack(self, msg: OutboundMessage) -> None:
         entry_id = msg.metadata.pop(STREAM_ID, None)
-        if entry_id:
-            await self.redis.xack(self.stream, self.group, entry_id)
+        stream = msg.metadata.pop(STREAM_KEY, None)
+        if entry_id and stream:
+            await self.redis.xack(stream, self.group, entry_id)
 
 
 class PubSubReader:
     """Reads plain pub/sub: nothing to ack, and nothing kept while not subscribed."""
 
-    def __init__(self, redis: Any, channel: str) -> None:
+    def __init__(self, redis: Any, channels: list[str]) -> None:
         self.redis = redis
-        self.channel = channel
+        self.channels = channels
         self._pubsub: Any = None
 
     async def read(self) -> OutboundMessage:
         if self._pubsub is None:
             self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            await self._pubsub.subscribe(self.channel)
+            await self._pubsub.subscribe(*self.channels)
         while True:
             message = await self._pubsub.get_message(timeout=1.0)
             if message is None:
                 await asyncio.sleep(0)
                 continue
-            msg = _decode(message["data"], self.channel)
+            msg = _decode(message["data"], message["channel"])
             if msg is not None:
                 return msg
 

@@ -36,6 +36,7 @@ class Cluster:
         api_timeout_s: float = 60,
         sessions: str = "file",
         redis_url: str | None = None,
+        channels: dict[str, Any] | None = None,
         **bus: Any,
     ) -> None:
         self.tmp_path = tmp_path
@@ -51,13 +52,15 @@ class Cluster:
         bus_config.update(bus)
         self.config_path = write_config(
             tmp_path, llm.base_url, bus=bus_config,
-            channels={"api": {"enabled": True, "port": self.port, "apiKey": API_KEY, "timeoutS": api_timeout_s}},
+            channels={"api": {"enabled": True, "port": self.port, "apiKey": API_KEY, "timeoutS": api_timeout_s},
+                      **(channels or {})},
             sessions={"backend": sessions},
         )
         self.env = {"NANOBOT_CONFIG": str(self.config_path), "NANOBOT_LOG_LEVEL": "INFO"}
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
         self.workers: list[Process] = []
         self.gateway: Process | None = None
+        self.gateways: list[Process] = []  # every gateway started, the first one included
         self.base = f"http://127.0.0.1:{self.port}"
         self._logs = 0
 
@@ -79,15 +82,29 @@ class Cluster:
 
     def start_gateway(self, *extra: str) -> Process:
         self.gateway = Process(nanobot("gateway", *extra), self._log("gateway"), env=self.env)
+        self.gateways.append(self.gateway)
         wait_http_ok(f"{self.base}/health", 60, self.gateway)
         return self.gateway
 
-    def chat(self, content: str, session_id: str, key: str | None = None, timeout: float = 60) -> httpx.Response:
+    def start_another_gateway(self, name: str, *extra: str) -> tuple[Process, str]:
+        """One more gateway on the same Redis, with its own `bus.gatewayName` and API port; returns it and its
+        API base URL."""
+        port = free_port()
+        env = {**self.env, "NANOBOT_BUS__GATEWAY_NAME": name, "NANOBOT_CHANNELS__API__PORT": str(port)}
+        proc = Process(nanobot("gateway", *extra), self._log(f"gateway-{name}"), env=env)
+        self.gateways.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{base}/health", 60, proc)
+        return proc, base
+
+    def chat(self, content: str, session_id: str, key: str | None = None, timeout: float = 60,
+             base: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {API_KEY}"}
         if key:
             headers["Idempotency-Key"] = key
         body = {"messages": [{"role": "user", "content": content}], "session_id": session_id}
-        return httpx.post(f"{self.base}/v1/chat/completions", json=body, headers=headers, timeout=timeout)
+        url = f"{base or self.base}/v1/chat/completions"
+        return httpx.post(url, json=body, headers=headers, timeout=timeout, trust_env=False)
 
     def kill_holder(self, session_key: str, sig: int = signal.SIGKILL) -> Process:
         """Signal the whole worker (main process and pool) whose child holds this conversation's lock."""
@@ -111,11 +128,14 @@ class Cluster:
         return [json.loads(line) for line in text.splitlines()[1:] if line.strip()]
 
     def outbound(self) -> list[dict[str, Any]]:
-        """Every reply ever published on the outbound stream."""
-        return [json.loads(fields["m"]) for _id, fields in self.redis.xrange(f"{self.prefix}:outbound")]
+        """Every reply ever published on the outbound streams (the shared one and each gateway's), by time."""
+        streams = [f"{self.prefix}:outbound", *self.redis.scan_iter(f"{self.prefix}:outbound:gw:*")]
+        entries = [entry for stream in streams for entry in self.redis.xrange(stream)]
+        entries.sort(key=lambda entry: tuple(int(part) for part in entry[0].split("-")))
+        return [json.loads(fields["m"]) for _id, fields in entries]
 
     def stop(self) -> None:
-        for proc in [self.gateway, *self.workers]:
+        for proc in [*self.gateways, *self.workers]:
             if proc is not None:
                 if proc.alive:
                     try:

@@ -49,7 +49,7 @@ def write_config(directory: Path, llm_url: str, **sections: Any) -> Path:
             }
         },
         "providers": {"custom": {"apiKey": "test-key", "apiBase": llm_url}},
-        "gateway": {"heartbeat": {"enabled": False}},
+        "gateway": {"heartbeat": {"enabled": False}, "port": 0},
     }
     for key, value in sections.items():
         merged = config.setdefault(key, {})

@@ -17,7 +17,6 @@ import pytest
 from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.bus.queue import MessageBus
 from nanobot.channels.api import ApiChannel
-from nanobot.channels.http import HttpServer, Request, Response, StreamResponse, json_response
 from nanobot.config.schema import ApiChannelConfig
 
 KEY = "sk-test-secret"
@@ -483,33 +482,7 @@ def test_stream_client_disconnect_releases_waiter() -> None:
     run(scenario())
 
 
-# ---------------------------------------------------------------- the HTTP server itself
-@asynccontextmanager
-async def raw_server(
-    handler: Callable[[Request], Awaitable[Response | StreamResponse]], **kw: Any
-) -> AsyncIterator[int]:
-    server = HttpServer(handler, "127.0.0.1", 0, **kw)
-    await server.start()
-    try:
-        yield server.port
-    finally:
-        await server.stop()
-
-
-async def echo(request: Request) -> Response:
-    if request.path == "/boom":
-        raise RuntimeError("handler bug")
-    return json_response(
-        {
-            "method": request.method,
-            "path": request.path,
-            "query": request.query,
-            "body": request.body.decode(),
-            "ua": request.headers.get("USER-AGENT"),
-        }
-    )
-
-
+# ---------------------------------------------------------------- the HTTP layer (aiohttp)
 async def exchange(port: int, data: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -526,120 +499,91 @@ def status_of(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1])
 
 
-def test_http_keep_alive_query_and_headers() -> None:
+def test_body_limit_is_an_openai_error() -> None:
     async def scenario() -> None:
-        async with raw_server(echo) as port, httpx.AsyncClient(trust_env=False) as client:
-            base = f"http://127.0.0.1:{port}"
-            r1 = await client.get(f"{base}/a%20b?x=1&y=", headers={"User-Agent": "tester"})
-            r2 = await client.post(f"{base}/b", content=b"payload")
-            assert r1.json() == {
-                "method": "GET",
-                "path": "/a b",
-                "query": {"x": "1", "y": ""},
-                "body": "",
-                "ua": "tester",
-            }
-            assert r2.json()["body"] == "payload"
-            assert r1.headers["connection"] == "keep-alive"
-
-        # two pipelined requests on one connection, the second closes it
-        async with raw_server(echo) as port:
-            raw = await exchange(
-                port,
-                b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            )
-            assert raw.count(b"HTTP/1.1 200 OK") == 2
-            assert b'"/one"' in raw and b'"/two"' in raw
+        async with running(max_body_bytes=2048) as h:
+            url = f"{h.base}/v1/chat/completions"
+            r = await h.client.post(url, json=chat("x" * 4096))
+            error = assert_openai_error(r, 413)
+            assert error["code"] == "request_too_large"
+            assert h.inbound == [] and h.channel.pending_count == 0
+            assert (await h.client.post(url, json=chat("small"))).status_code == 200
 
     run(scenario())
 
 
-def test_http_chunked_request_body_and_expect_continue() -> None:
+def test_connection_cap_refuses_with_503_and_recovers() -> None:
     async def scenario() -> None:
-        async with raw_server(echo) as port:
+        async with running(None, max_connections=2) as h:
+            url = f"{h.base}/v1/chat/completions"
+            waiting = [asyncio.create_task(h.client.post(url, json=chat(f"q{i}", session_id=f"s{i}"))) for i in (1, 2)]
+            await wait_until(lambda: len(h.inbound) == 2)
+            r = await h.client.post(url, json=chat("one too many"))
+            error = assert_openai_error(r, 503, "server_error")
+            assert error["code"] == "server_busy" and r.headers["retry-after"] == "1"
+            for msg in list(h.inbound):
+                await reply(h, msg)
+            assert [(await t).status_code for t in waiting] == [200, 200]
+            assert len(h.inbound) == 2  # the refused request never reached the agent
+            third = asyncio.create_task(h.client.post(url, json=chat("room again")))
+            await wait_until(lambda: len(h.inbound) == 3)
+            await reply(h, h.inbound[2])
+            assert (await third).status_code == 200
+
+    run(scenario())
+
+
+def test_keep_alive_pipelining_and_chunked_bodies() -> None:
+    async def scenario() -> None:
+        async with running() as h:
+            body = json.dumps(chat("chunked")).encode()
+            half = len(body) // 2
             raw = await exchange(
-                port,
-                b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
+                h.channel.port,
+                b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: application/json\r\nConnection: close\r\n\r\n"
+                + b"%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n" % (half, body[:half], len(body) - half, body[half:]),
             )
-            assert status_of(raw) == 200
-            assert b'"body": "hello world"' in raw
-            raw = await exchange(
-                port,
-                b"POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
-                b"Connection: close\r\n\r\nok",
-            )
-            assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+            assert raw.count(b"HTTP/1.1 200 OK") == 2
+            assert b"reply to chunked" in raw
 
     run(scenario())
 
 
 @pytest.mark.parametrize(
-    ("data", "status"),
+    "data",
     [
-        (b"GARBAGE\r\n\r\n", 400),
-        (b"GET /\r\n\r\n", 400),
-        (b"GET / HTTP/2.0\r\n\r\n", 505),
-        (b"GET / FTP/1.1\r\n\r\n", 400),
-        (b"GET nopath HTTP/1.1\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
-        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431),
-        (b"GET / HTTP/1.1\r\n" + b"X-H: 1\r\n" * 150 + b"\r\n", 431),
-        (b"POST / HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", 413),
-        (b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n", 413),
-        (b"GET /boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 500),
-        (b"POST / HTTP/1.1\r\nConnection: close\r\n\r\n", 200),  # no Content-Length: empty body
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
     ],
+    ids=["garbage", "bad-header", "bad-length", "long-line"],
 )
-def test_http_malformed_and_limits(data: bytes, status: int) -> None:
+def test_malformed_http_is_refused_and_the_server_keeps_serving(data: bytes) -> None:
     async def scenario() -> None:
-        async with raw_server(echo) as port:
-            raw = await exchange(port, data)
-            assert status_of(raw) == status, raw[:200]
-            if status >= 400:
-                _, _, body = raw.partition(b"\r\n\r\n")
-                assert "error" in json.loads(body)
-            # the server keeps serving
-            async with httpx.AsyncClient(trust_env=False) as client:
-                assert (await client.get(f"http://127.0.0.1:{port}/ok")).status_code == 200
+        async with running() as h:
+            raw = await exchange(h.channel.port, data)
+            assert 400 <= status_of(raw) < 500, raw[:200]
+            assert h.inbound == []
+            assert (await h.client.post(f"{h.base}/v1/chat/completions", json=chat("still here"))).status_code == 200
 
     run(scenario())
 
 
-def test_http_stream_response_and_stop_with_open_connections() -> None:
+def test_stop_with_open_connections() -> None:
     async def scenario() -> None:
-        async def chunks() -> AsyncIterator[bytes]:
-            for i in range(3):
-                yield f"data: {i}\n\n".encode()
-
-        async def handler(request: Request) -> Response | StreamResponse:
-            if request.path == "/stream":
-                return StreamResponse(chunks=chunks())
-            return json_response({"ok": True})
-
-        server = HttpServer(handler, "127.0.0.1", 0)
-        await server.start()
-        async with httpx.AsyncClient(trust_env=False) as client:
-            async with client.stream("GET", f"http://127.0.0.1:{server.port}/stream") as r:
-                assert r.headers["transfer-encoding"] == "chunked"
-                text = "".join([part async for part in r.aiter_text()])
-            assert text == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
-            # an idle keep-alive connection and a half-sent request must not block stop()
-            assert (await client.get(f"http://127.0.0.1:{server.port}/")).status_code == 200
-            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"GET / HTTP/1.1\r\n")
+        async with running() as h:
+            port = h.channel.port
+            assert (await h.client.get(f"{h.base}/health")).status_code == 200  # an idle keep-alive connection
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\n")  # and a half-sent request
             await writer.drain()
             await asyncio.sleep(0.05)
-            await asyncio.wait_for(server.stop(grace=0.5), 5)
+            await asyncio.wait_for(h.channel.stop(), 10)
             writer.close()
             with pytest.raises(httpx.ConnectError):
-                await client.get(f"http://127.0.0.1:{server.port}/")
+                await h.client.get(f"http://127.0.0.1:{port}/health")
 
     run(scenario())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from nanobot.bus.events import InboundMessage, OutboundMessage
+from nanobot.bus.lease import Lease, LocalLease
 
 
 class MessageBus:
@@ -31,6 +32,14 @@ class MessageBus:
 
     async def ack_outbound(self, msg: OutboundMessage) -> None:
         """Called once `msg` was sent to its channel (durable backends forget it then; nothing to do here)."""
+
+    async def wait_accepted(self, limit_s: float) -> bool:
+        """Wait until every published inbound message is durable (locally: at once); False on timeout."""
+        return True
+
+    def lease(self, name: str, ttl_s: float) -> Lease:
+        """A lease only one process of the deployment holds at a time (locally there is only this one)."""
+        return LocalLease(name)
 
     async def close(self) -> None:
         """Release backend resources (nothing to do locally)."""

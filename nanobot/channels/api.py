@@ -4,9 +4,11 @@ Each `POST /v1/chat/completions` becomes an inbound message on the bus, like a m
 channel, and the request waits for the outbound message whose `reply_to` is that inbound's id. So the
 agent (local or behind a distributed bus) serves API requests unchanged.
 
-Endpoints: `POST /v1/chat/completions` (optionally streamed as Server-Sent Events), `GET /v1/models`,
+Endpoints (aiohttp): `POST /v1/chat/completions` (optionally streamed as Server-Sent Events), `GET /v1/models`,
 `GET /v1/models/<id>`, `GET /health` (never needs the key). Errors always have OpenAI's shape
-`{"error": {"message", "type", "param", "code"}}`.
+`{"error": {"message", "type", "param", "code"}}`, aiohttp's own (404, 405, 413) included. At most
+`maxConnections` requests are served at once; more get 503 at once. A client that disconnects cancels
+its request's wait (`handler_cancellation`).
 
 Request extensions to OpenAI's format: `session_id` (the chat id; the session is `api:<session_id>`,
 default chat id "default") and `user` (the sender id checked against allowFrom, default "api").
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -24,18 +27,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from aiohttp import web
+
 from nanobot.bus.events import OutboundMessage, new_message_id
 from nanobot.bus.queue import MessageBus
 from nanobot.channels.base import BaseChannel
-from nanobot.channels.http import (
-    HttpServer,
-    Request,
-    Response,
-    StreamResponse,
-    json_response,
-    sse_event,
-)
 from nanobot.config.schema import ApiChannelConfig
+from nanobot.gateway.http import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +72,25 @@ class ApiError(Exception):
     def payload(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
-    def response(self) -> Response:
-        return json_response(self.payload(), self.status, self.headers)
+    def response(self) -> web.Response:
+        return web.json_response(self.payload(), status=self.status, headers=self.headers, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False)
+
+
+def sse_event(data: str | dict[str, Any] | list[Any]) -> bytes:
+    """One Server-Sent Event; dicts and lists are sent as compact JSON."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return ("\n".join(f"data: {line}" for line in text.split("\n")) + "\n\n").encode("utf-8")
+
+
+_AIOHTTP_ERRORS = {
+    404: ("unknown_url", "invalid_request_error"),
+    405: ("method_not_allowed", "invalid_request_error"),
+    413: ("request_too_large", "invalid_request_error"),
+}
 
 
 @dataclass
@@ -117,7 +132,8 @@ class ApiChannel(BaseChannel):
         super().__init__(config, bus)
         self.config: ApiChannelConfig = config
         self.started = asyncio.Event()
-        self._server: HttpServer | None = None
+        self._server: WebServer | None = None
+        self._serving = 0  # requests being served now (the maxConnections cap)
         self._stop_event = asyncio.Event()
         self._pending: dict[str, _Pending] = {}
         self._recent: OrderedDict[str, tuple[float, str]] = OrderedDict()  # message id -> (time, final reply)
@@ -138,7 +154,7 @@ class ApiChannel(BaseChannel):
         if self._server is not None:
             raise RuntimeError("api channel already started")
         self._stop_event.clear()
-        server = HttpServer(self._route, self.config.host, self.config.port)
+        server = WebServer(self._app(), self.config.host, self.config.port, handler_cancellation=True)
         await server.start()
         self._server = server
         self._running = True
@@ -166,6 +182,17 @@ class ApiChannel(BaseChannel):
         if server is not None:
             await server.stop()
             log.info("api channel stopped")
+
+    def _app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._errors_middleware, self._limit_middleware, self._auth_middleware],
+            client_max_size=self.config.max_body_bytes,
+        )
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model}", self._model)
+        return app
 
     def _fail_pending(self) -> None:
         for pending in list(self._pending.values()):
@@ -195,47 +222,59 @@ class ApiChannel(BaseChannel):
         pending.events.put_nowait(("final", msg.content))
 
     # ------------------------------------------------------------------ routing
-    async def _route(self, request: Request) -> Response | StreamResponse:
+    @web.middleware
+    async def _errors_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every error in OpenAI's shape: ours (ApiError), aiohttp's (404, 405, 413...), and crashes (500)."""
         try:
-            return await self._dispatch(request)
+            return await handler(request)
         except ApiError as exc:
             return exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code, kind = _AIOHTTP_ERRORS.get(exc.status, (None, "invalid_request_error"))
+            message = f"{exc.reason}: {request.method} {request.path}"
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return ApiError(exc.status, message, kind=kind, code=code, headers=headers).response()
+        except Exception:
+            log.exception("api: %s %s failed", request.method, request.path)
+            return ApiError(500, "Internal server error", kind="server_error", code="internal_error").response()
 
-    async def _dispatch(self, request: Request) -> Response | StreamResponse:
-        path = request.path.rstrip("/") or "/"
-        if path == "/health":
-            self._require_method(request, "GET", "HEAD")
-            return json_response({"status": "ok", "pending": len(self._pending)})
-        self._check_auth(request)
-        if path == "/v1/chat/completions":
-            self._require_method(request, "POST")
-            return await self._chat_completions(request)
-        if path == "/v1/models":
-            self._require_method(request, "GET", "HEAD")
-            return json_response({"object": "list", "data": [self._model_card()]})
-        if path.startswith("/v1/models/"):
-            self._require_method(request, "GET", "HEAD")
-            model = path.removeprefix("/v1/models/")
-            if model != MODEL_ID:
-                raise ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
-            return json_response(self._model_card())
-        raise ApiError(404, f"Unknown path: {request.method} {request.path}", code="unknown_url")
+    @web.middleware
+    async def _limit_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self._serving >= self.config.max_connections:
+            log.warning("api: %d requests in progress, refusing %s %s", self._serving, request.method, request.path)
+            raise ApiError(503, "Too many requests in progress, try again shortly", kind="server_error",
+                           code="server_busy", headers={"Retry-After": "1"})
+        self._serving += 1
+        try:
+            return await handler(request)
+        finally:
+            self._serving -= 1
 
-    @staticmethod
-    def _require_method(request: Request, *allowed: str) -> None:
-        if request.method not in allowed:
-            raise ApiError(
-                405,
-                f"Method {request.method} not allowed for {request.path}; use {', '.join(allowed)}",
-                code="method_not_allowed",
-                headers={"Allow": ", ".join(allowed)},
-            )
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.rstrip("/") != "/health":
+            self._check_auth(request)
+        return await handler(request)
 
-    def _check_auth(self, request: Request) -> None:
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "pending": len(self._pending)})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [self._model_card()]})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        if model != MODEL_ID:
+            raise ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
+        return web.json_response(self._model_card())
+
+    def _check_auth(self, request: web.Request) -> None:
         key = self.config.api_key
         if not key:
             return
-        header = request.headers.get("authorization", "")
+        header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         supplied = token.strip() if scheme.lower() == "bearer" else ""
         if not supplied or not hmac.compare_digest(supplied.encode("utf-8"), key.encode("utf-8")):
@@ -251,17 +290,17 @@ class ApiChannel(BaseChannel):
         return {"id": MODEL_ID, "object": "model", "owned_by": "nanobot", "created": self._created}
 
     # ------------------------------------------------------------------ chat completions
-    async def _chat_completions(self, request: Request) -> Response | StreamResponse:
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         if not self._running:
             raise self._unavailable()
-        parsed = self._parse_chat_request(request)
+        parsed = self._parse_chat_request(await self._json_body(request))
         parsed.idempotency_key = self._idempotency_key(request)
         message_id = parsed.message_id()
         session_key = f"{self.name}:{parsed.chat_id}"
         known = self._recall(message_id)
         if known is not None:
             log.info("api request session=%s message_id=%s answered from a previous attempt", session_key, message_id)
-            return json_response(self._completion(message_id, parsed.model, known))
+            return web.json_response(self._completion(message_id, parsed.model, known), dumps=_dumps)
         if message_id in self._pending:
             raise ApiError(409, "A request with this Idempotency-Key is still running", code="request_in_progress")
         # The waiter exists before the message is published, so even an instant reply finds it.
@@ -303,17 +342,24 @@ class ApiChannel(BaseChannel):
             self._pending.pop(message_id, None)
             raise self._unavailable()
         if parsed.stream:
-            return StreamResponse(
-                chunks=self._stream(pending, parsed.model),
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            return await self._stream(request, pending, parsed.model)
         return await self._complete(pending, parsed.model)
 
-    def _parse_chat_request(self, request: Request) -> _ChatRequest:
+    @staticmethod
+    async def _json_body(request: web.Request) -> Any:
+        """The body parsed as JSON; ApiError 400 (or 413 from aiohttp) with a readable message when it is not."""
+        raw = await request.read()
+        if not raw.strip():
+            raise ApiError(400, "request body is empty", code="invalid_json")
         try:
-            body = request.json()
-        except ValueError as exc:
-            raise ApiError(400, str(exc), code="invalid_json") from exc
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, "request body is not valid UTF-8", code="invalid_json") from exc
+        except json.JSONDecodeError as exc:
+            message = f"request body is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
+            raise ApiError(400, message, code="invalid_json") from exc
+
+    def _parse_chat_request(self, body: Any) -> _ChatRequest:
         if not isinstance(body, dict):
             raise ApiError(400, "The request body must be a JSON object")
 
@@ -384,8 +430,8 @@ class ApiChannel(BaseChannel):
         return entry[1]
 
     @staticmethod
-    def _idempotency_key(request: Request) -> str | None:
-        value = request.headers.get("idempotency-key")
+    def _idempotency_key(request: web.Request) -> str | None:
+        value = request.headers.get("Idempotency-Key")
         if value is None:
             return None
         if not value.strip() or len(value) > MAX_ID_LENGTH:
@@ -436,7 +482,7 @@ class ApiChannel(BaseChannel):
             time.monotonic() - pending.started,
         )
 
-    async def _complete(self, pending: _Pending, model: str) -> Response:
+    async def _complete(self, pending: _Pending, model: str) -> web.Response:
         try:
             while True:
                 remaining = self._remaining(pending)
@@ -448,13 +494,36 @@ class ApiChannel(BaseChannel):
                     raise self._timeout_error(pending) from None
                 if kind == "final":
                     self._log_reply(pending)
-                    return json_response(self._completion(pending.message_id, model, text))
+                    return web.json_response(self._completion(pending.message_id, model, text), dumps=_dumps)
                 if kind == "closed":
                     raise self._unavailable()
         finally:
             self._pending.pop(pending.message_id, None)
 
-    async def _stream(self, pending: _Pending, model: str) -> AsyncIterator[bytes]:
+    async def _stream(self, request: web.Request, pending: _Pending, model: str) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        try:
+            await response.prepare(request)
+            async for event in self._events(pending, model):
+                await response.write(event)
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            log.info("api request session=%s message_id=%s: client went away during the stream",
+                     pending.session_key, pending.message_id)
+            raise
+        finally:
+            if self._pending.pop(pending.message_id, None) is not None:
+                log.info(
+                    "api request session=%s message_id=%s: stream closed before the reply",
+                    pending.session_key,
+                    pending.message_id,
+                )
+        return response
+
+    async def _events(self, pending: _Pending, model: str) -> AsyncIterator[bytes]:
+        """The SSE events of one streamed completion, ending with `data: [DONE]`."""
         completion_id = f"chatcmpl-{pending.message_id}"
         created = int(time.time())
 
@@ -469,37 +538,29 @@ class ApiChannel(BaseChannel):
                 }
             )
 
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            while True:
-                remaining = self._remaining(pending)
-                if remaining <= 0:
-                    yield sse_event(self._timeout_error(pending).payload())
-                    break
-                try:
-                    kind, text = await asyncio.wait_for(pending.events.get(), min(remaining, SSE_KEEPALIVE_S))
-                except TimeoutError:
-                    yield b": keep-alive\n\n"
-                    continue
-                if kind == "progress":
-                    yield chunk({"content": text + PROGRESS_SEPARATOR})
-                elif kind == "final":
-                    self._log_reply(pending)
-                    if text:
-                        yield chunk({"content": text})
-                    yield chunk({}, "stop")
-                    break
-                else:
-                    yield sse_event(self._unavailable().payload())
-                    break
-            yield b"data: [DONE]\n\n"
-        finally:
-            if self._pending.pop(pending.message_id, None) is not None:
-                log.info(
-                    "api request session=%s message_id=%s: stream closed before the reply",
-                    pending.session_key,
-                    pending.message_id,
-                )
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            remaining = self._remaining(pending)
+            if remaining <= 0:
+                yield sse_event(self._timeout_error(pending).payload())
+                break
+            try:
+                kind, text = await asyncio.wait_for(pending.events.get(), min(remaining, SSE_KEEPALIVE_S))
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if kind == "progress":
+                yield chunk({"content": text + PROGRESS_SEPARATOR})
+            elif kind == "final":
+                self._log_reply(pending)
+                if text:
+                    yield chunk({"content": text})
+                yield chunk({}, "stop")
+                break
+            else:
+                yield sse_event(self._unavailable().payload())
+                break
+        yield b"data: [DONE]\n\n"
 
     @staticmethod
     def _completion(message_id: str, model: str, content: str) -> dict[str, Any]:

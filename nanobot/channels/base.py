@@ -6,6 +6,8 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any
 
+from aiohttp import web
+
 from nanobot.bus.events import InboundMessage, OutboundMessage, new_message_id
 from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import ChannelBase
@@ -32,6 +34,10 @@ class BaseChannel(ABC):
     @abstractmethod
     async def send(self, msg: OutboundMessage) -> None:
         """Deliver one message to its chat; raises when it could not be delivered."""
+
+    def web_routes(self) -> list[web.RouteDef]:
+        """Routes this channel serves on the gateway's HTTP server (webhooks); none by default."""
+        return []
 
     @property
     def is_running(self) -> bool:

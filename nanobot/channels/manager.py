@@ -8,31 +8,41 @@ import logging
 from nanobot.bus.events import OutboundMessage
 from nanobot.bus.queue import MessageBus
 from nanobot.channels.base import BaseChannel
-from nanobot.config.schema import ChannelsConfig
+from nanobot.config.schema import ChannelsConfig, Config
 
 log = logging.getLogger(__name__)
 
 
-def build_channels(config: ChannelsConfig, bus: MessageBus) -> dict[str, BaseChannel]:
-    """The enabled channels; each is imported only when enabled."""
+def build_channels(config: Config, bus: MessageBus) -> dict[str, BaseChannel]:
+    """The enabled channels; each is imported only when enabled. Received files go to <workspace>/media."""
     channels: dict[str, BaseChannel] = {}
-    if config.api.enabled:
+    settings = config.channels
+    media_dir = config.workspace_path / "media"
+    if settings.api.enabled:
         from nanobot.channels.api import ApiChannel
 
-        channels["api"] = ApiChannel(config.api, bus)
-    for name in ("telegram", "whatsapp"):
-        if getattr(config, name).enabled:
-            log.warning("channels.%s is enabled but this nanobot has no %s channel yet; skipped", name, name)
+        channels["api"] = ApiChannel(settings.api, bus)
+    if settings.telegram.enabled:
+        from nanobot.channels.telegram import TelegramChannel
+        from nanobot.providers.transcription import transcriber_from_config
+
+        channels["telegram"] = TelegramChannel(
+            settings.telegram, bus, media_dir=media_dir, transcriber=transcriber_from_config(config)
+        )
+    if settings.whatsapp.enabled:
+        from nanobot.channels.whatsapp import WhatsAppChannel
+
+        channels["whatsapp"] = WhatsAppChannel(settings.whatsapp, bus, media_dir=media_dir)
     return channels
 
 
 class ChannelManager:
     """Runs the channels and the one outbound dispatcher: outbound messages go to the channel they name."""
 
-    def __init__(self, config: ChannelsConfig, bus: MessageBus, channels: dict[str, BaseChannel] | None = None):
+    def __init__(self, config: ChannelsConfig, bus: MessageBus, channels: dict[str, BaseChannel]) -> None:
         self.config = config
         self.bus = bus
-        self.channels = channels if channels is not None else build_channels(config, bus)
+        self.channels = channels
         self._tasks: list[asyncio.Task[None]] = []
 
     def wants(self, msg: OutboundMessage) -> bool:

@@ -291,18 +291,79 @@ def status() -> None:
 # ---------------------------------------------------------------------------- channels
 @channels_app.command("status")
 def channels_status() -> None:
-    """Which channels are enabled, and how they are set up."""
+    """Which channels are enabled, how they are set up, and whether a running gateway serves them."""
     config = _load()
+    running = _gateway_channels(config)
     table = Table(title="Channels")
-    table.add_column("channel")
-    table.add_column("enabled")
-    table.add_column("details")
+    for column in ("channel", "enabled", "state", "details"):
+        table.add_column(column)
     c = config.channels
     auth = "on" if c.api.api_key else "off"
-    table.add_row("api", _yes(c.api.enabled), f"http://{c.api.host}:{c.api.port}/v1 auth={auth}")
-    table.add_row("telegram", _yes(c.telegram.enabled), "token set" if c.telegram.token else "no token")
-    table.add_row("whatsapp", _yes(c.whatsapp.enabled), c.whatsapp.bridge_url)
+    tg = c.telegram
+    wa = c.whatsapp
+    details = {
+        "api": f"http://{c.api.host}:{c.api.port}/v1 auth={auth}",
+        "telegram": (f"{tg.mode}" + (f" {tg.webhook_url or '(no webhookUrl)'}" if tg.mode == "webhook" else "")
+                     + (" token set" if tg.token else " no token")),
+        "whatsapp": (f"cloud: phone number {wa.cloud.phone_number_id}, webhook /whatsapp on the gateway port"
+                     if wa.cloud.configured else f"bridge: {wa.bridge_url}"),
+    }
+    for name, detail in details.items():
+        enabled = getattr(c, name).enabled
+        if running is None:
+            state = "[dim]gateway not running[/dim]"
+        elif name in running:
+            state = "[green]running[/green]" if running[name].get("running") else "[red]stopped[/red]"
+        else:
+            state = "[dim]-[/dim]"
+        table.add_row(name, _yes(enabled), state if enabled else "[dim]-[/dim]", detail)
     console.print(table)
+
+
+def _gateway_channels(config: Any) -> dict[str, dict[str, bool]] | None:
+    """The channels a gateway on this host reports at gateway.host:port/health; None when none answers."""
+    import httpx
+
+    host = "127.0.0.1" if config.gateway.host in ("0.0.0.0", "::", "") else config.gateway.host
+    try:
+        reply = httpx.get(f"http://{host}:{config.gateway.port}/health", timeout=1.0, trust_env=False)
+        channels = reply.json().get("channels")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return channels if isinstance(channels, dict) else None
+
+
+@channels_app.command("login")
+def channels_login(channel: Annotated[str, typer.Argument(help="The channel to connect: whatsapp.")]) -> None:
+    """Explain how to connect a channel's account (WhatsApp: the Cloud API or upstream's bridge)."""
+    if channel != "whatsapp":
+        console.print(f"[red]nothing to log in for {channel!r}[/red]: only whatsapp needs it "
+                      "(telegram uses channels.telegram.token from @BotFather)")
+        raise typer.Exit(2)
+    config = _load()
+    wa = config.channels.whatsapp
+    gw = config.gateway
+    if wa.cloud.configured:
+        console.print(
+            "WhatsApp [bold]Cloud API[/bold] (channels.whatsapp.cloud is configured):\n"
+            "  1. In your Meta app's WhatsApp settings, set the callback URL to the public HTTPS address that\n"
+            f"     your reverse proxy forwards to this gateway: http://{gw.host}:{gw.port}/whatsapp\n"
+            "  2. Use channels.whatsapp.cloud.verifyToken as the verify token, and subscribe to 'messages'.\n"
+            "  3. appSecret (App settings > Basic) signs every delivery; nanobot refuses unsigned ones.\n"
+            f"  phone number id: {wa.cloud.phone_number_id}   verify token set: {bool(wa.cloud.verify_token)}"
+            f"   app secret set: {bool(wa.cloud.app_secret)}\n"
+            "No QR code is involved: the number is linked in Meta's WhatsApp Manager."
+        )
+        return
+    console.print(
+        "WhatsApp through upstream nanobot's [bold]bridge[/bold] (channels.whatsapp.bridgeUrl):\n"
+        "  1. Run the bridge from upstream nanobot (its bridge/ folder: npm install && npm run build && npm start),\n"
+        "     with BRIDGE_TOKEN set to channels.whatsapp.bridgeToken.\n"
+        "  2. It prints a QR code: scan it in WhatsApp > Linked devices. The session is kept by the bridge.\n"
+        f"  3. Start `nanobot gateway`; it connects to {wa.bridge_url} and reconnects by itself.\n"
+        "To use the official WhatsApp Cloud API instead, fill channels.whatsapp.cloud "
+        "(phoneNumberId, accessToken, appSecret, verifyToken) and run this command again."
+    )
 
 
 def _yes(flag: bool) -> str:

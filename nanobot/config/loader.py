@@ -57,6 +57,8 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
             raise ConfigError(f"{file}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{file}: expected a JSON object at the top level, got {type(raw).__name__}")
+    raw = _without_nulls(raw)
+    _adopt_upstream_api_block(raw)
     unknown = unknown_keys(Config, raw)
     if unknown:
         log.warning("config %s: ignoring unknown keys: %s", file, ", ".join(unknown))
@@ -65,6 +67,41 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(file, exc)) from exc
+
+
+def _without_nulls(data: Any) -> Any:
+    """Upstream 0.3.x writes `null` for every unset value: a null means "not set", so the default applies."""
+    if isinstance(data, dict):
+        return {key: _without_nulls(value) for key, value in data.items() if value is not None}
+    if isinstance(data, list):
+        return [_without_nulls(item) for item in data]
+    return data
+
+
+# Upstream 0.3.x keeps its OpenAI-compatible API server's settings in a top-level `api` block.
+_UPSTREAM_API_KEYS = {"host": "host", "port": "port", "timeout": "timeoutS", "apiKey": "apiKey", "api_key": "apiKey"}
+
+
+def _adopt_upstream_api_block(raw: dict[str, Any]) -> None:
+    """Move a top-level `api` block into `channels.api` (what is set there explicitly wins); `enabled` stays as
+    the file says, since upstream's gateway does not serve that API either."""
+    block = raw.pop("api", None)
+    if not isinstance(block, dict):
+        return
+    channels = raw.setdefault("channels", {})
+    target = channels.setdefault("api", {}) if isinstance(channels, dict) else None
+    if not isinstance(target, dict):
+        return
+    for key, value in block.items():
+        ours = _UPSTREAM_API_KEYS.get(key)
+        if ours is None:
+            log.warning("config: ignoring unknown key api.%s", key)
+        elif ours not in target and _field_for_alias(ours) not in target:
+            target[ours] = value
+
+
+def _field_for_alias(alias: str) -> str:
+    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in alias)
 
 
 def save_config(config: Config, path: str | Path | None = None) -> Path:

@@ -47,25 +47,74 @@ class ApiChannelConfig(ChannelBase):
     port: int = Field(default=8900, ge=0, le=65535)
     api_key: str = ""
     timeout_s: float = Field(default=120.0, gt=0)
+    # Requests served at once; more get 503 at once instead of queueing behind the agent.
+    max_connections: int = Field(default=1024, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
 
 class TelegramConfig(ChannelBase):
+    """Upstream nanobot's keys, plus `apiBase` (a self-hosted Bot API server, or a test's fake one)."""
+
     token: str = ""
     proxy: str | None = None
     reply_to_message: bool = False
+    group_policy: Literal["mention", "open"] = "mention"
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str = ""
+    webhook_listen_host: str = "127.0.0.1"
+    webhook_listen_port: int = Field(default=8081, ge=0, le=65535)
+    webhook_path: str = Field(default="/telegram", pattern=r"^/")
+    webhook_secret_token: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,256}$")
+    webhook_max_connections: int = Field(default=4, ge=1, le=100)
+    react_emoji: str = "👀"
+    # Accepted for upstream configs; replies are sent whole (the provider does not stream tokens).
+    streaming: bool = True
+    connection_pool_size: int = Field(default=32, gt=0)
+    pool_timeout: float = Field(default=5.0, gt=0)
+    api_base: str = "https://api.telegram.org"
+    # Polling with several gateways: one holds this lease (seconds) and polls; another takes over when it dies.
+    poll_lease_s: float = Field(default=15.0, ge=1.0)
+
+
+class WhatsAppCloudConfig(Base):
+    """The official WhatsApp Cloud API (Meta's Graph API)."""
+
+    phone_number_id: str = ""
+    access_token: str = ""
+    app_secret: str = ""
+    verify_token: str = ""
+    api_base: str = "https://graph.facebook.com/v21.0"
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.phone_number_id and self.access_token)
 
 
 class WhatsAppConfig(ChannelBase):
+    """Two transports: `cloud` when it is configured, else upstream's bridge (`bridgeUrl`, `bridgeToken`)."""
+
     bridge_url: str = "ws://localhost:3001"
     bridge_token: str = ""
+    cloud: WhatsAppCloudConfig = Field(default_factory=WhatsAppCloudConfig)
 
 
 class ChannelsConfig(Base):
     send_progress: bool = True
     send_tool_hints: bool = False
+    transcription_provider: str = "groq"  # upstream's older key; `transcription.provider` wins
     api: ApiChannelConfig = Field(default_factory=ApiChannelConfig)
     telegram: TelegramConfig = Field(default_factory=TelegramConfig)
     whatsapp: WhatsAppConfig = Field(default_factory=WhatsAppConfig)
+
+
+class TranscriptionConfig(Base):
+    """Voice messages turned into text (upstream's top-level block): an OpenAI-compatible audio endpoint."""
+
+    enabled: bool = True
+    provider: str | None = None  # groq (default), openai, or any provider with an OpenAI-compatible audio API
+    model: str | None = None  # default: whisper-large-v3 on groq, whisper-1 elsewhere
+    language: str | None = None
+    max_upload_mb: int = Field(default=25, gt=0)
 
 
 # ---------------------------------------------------------------- providers
@@ -100,7 +149,9 @@ class HeartbeatConfig(Base):
 
 
 class GatewayConfig(Base):
-    host: str = "0.0.0.0"
+    """The gateway's own HTTP server: `/health` and the webhooks of push channels (WhatsApp Cloud)."""
+
+    host: str = "127.0.0.1"
     port: int = Field(default=18790, ge=0, le=65535)
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
 
@@ -162,6 +213,7 @@ class SessionsConfig(Base):
 class Config(Base):
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
+    transcription: TranscriptionConfig = Field(default_factory=TranscriptionConfig)
     providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)

@@ -17,11 +17,12 @@ from nanobot.agent.loop import AgentLoop
 from nanobot.bus.events import OutboundMessage
 from nanobot.bus.factory import check_distributed_ready, create_bus, distributed
 from nanobot.bus.queue import MessageBus
-from nanobot.channels.manager import ChannelManager
+from nanobot.channels.manager import ChannelManager, build_channels
 from nanobot.config.loader import cron_store_path
 from nanobot.config.schema import Config
 from nanobot.cron.service import CronService
 from nanobot.cron.types import CronJob
+from nanobot.gateway.http import GatewayHttp
 from nanobot.heartbeat.service import HeartbeatService
 from nanobot.providers.factory import create_provider
 
@@ -79,12 +80,18 @@ class Gateway:
             def on_heartbeat(prompt: str) -> Awaitable[str | None]:
                 return agent.process_direct(prompt, session_key="heartbeat", channel="cli", chat_id="heartbeat")
 
-        self.channels = ChannelManager(config.channels, self.bus)
+        self.channels = ChannelManager(config.channels, self.bus, build_channels(config, self.bus))
+        self.http = GatewayHttp(config.gateway.host, config.gateway.port, health=self._health)
+        for channel in self.channels.channels.values():
+            self.http.add_routes(channel.web_routes())
         hb = config.gateway.heartbeat
         self.heartbeat = HeartbeatService(
             config.workspace_path, on_heartbeat=on_heartbeat, interval_s=hb.interval_s, enabled=hb.enabled
         )
         self._agent_task: asyncio.Task[None] | None = None
+
+    def _health(self) -> dict[str, Any]:
+        return {"channels": self.channels.status(), "bus": self.config.bus.backend}
 
     async def _start_schedules(self) -> None:
         await self.cron.start()
@@ -98,17 +105,20 @@ class Gateway:
         if self.agent is not None:
             await self._start_schedules()
             self._agent_task = asyncio.create_task(self.agent.run(), name="agent-loop")
+        await self.http.start()
         await self.channels.start_all()
         if self.distributed is not None:
             await self.distributed.start(on_gain=self._start_schedules, on_loss=self._stop_schedules)
         log.info(
-            "gateway started: channels=%s bus=%s sessions=%s",
+            "gateway started: channels=%s bus=%s sessions=%s http=%s:%d",
             ",".join(self.channels.channels) or "none", self.config.bus.backend, self.config.sessions.backend,
+            self.http.host, self.http.port,
         )
 
     async def stop(self) -> None:
         log.info("gateway stopping")
         await _step("channels", self.channels.stop_all())
+        await _step("http", self.http.stop())
         await _step("cron and heartbeat", self._stop_schedules())
         if self.distributed is not None:
             await _step("distributed mode", self.distributed.stop(), limit_s=60)

@@ -47,7 +47,12 @@ class RedisKeys:
 
     @property
     def outbound(self) -> str:
+        """Replies any gateway may send (no known origin)."""
         return f"{self.prefix}:outbound"
+
+    def outbound_for(self, gateway: str | None) -> str:
+        """Replies to messages a gateway accepted go back to that gateway (it may hold the HTTP request)."""
+        return f"{self.prefix}:outbound:gw:{gateway}" if gateway else self.outbound
 
     def cancel(self, session_key: str) -> str:
         return f"{self.prefix}:cancel:{session_key}"
