@@ -180,3 +180,43 @@ def test_invalid_json_names_line(tmp_path: Path) -> None:
 
 def test_missing_file_means_defaults(tmp_path: Path) -> None:
     assert load_config(tmp_path / "nope.json", env={}) == Config()
+
+
+UPSTREAM_035_ONBOARD = Path(__file__).parent / "fixtures" / "upstream_0_3_5_config.json"
+
+
+def test_config_written_by_upstream_035_onboard_loads(caplog: pytest.LogCaptureFixture) -> None:
+    """The file upstream nanobot 0.3.5's `nanobot onboard` writes, byte for byte: nulls for unset values, a
+    top-level `api` block, channels and providers we do not have."""
+    raw = json.loads(UPSTREAM_035_ONBOARD.read_text())
+    assert raw["providers"]["openai"]["apiKey"] is None
+    with caplog.at_level(logging.WARNING):
+        config = load_config(UPSTREAM_035_ONBOARD, env={})
+    assert len([r for r in caplog.records if "unknown keys" in r.getMessage()]) == 1
+    assert "channels.discord" in caplog.text and "api." not in caplog.text.split("unknown keys:")[1].split(",")[0]
+    assert config.providers.openai.api_key == ""  # null means "not set"
+    tg = config.channels.telegram
+    assert (tg.group_policy, tg.mode, tg.webhook_listen_host, tg.webhook_listen_port, tg.webhook_path) == (
+        "mention", "polling", "127.0.0.1", 8081, "/telegram")
+    assert tg.react_emoji == "👀" and tg.proxy == ""
+    assert (config.channels.api.host, config.channels.api.port, config.channels.api.timeout_s) == (
+        "127.0.0.1", 8900, 120.0)
+    assert not config.channels.api.enabled
+    assert (config.gateway.host, config.gateway.port) == ("127.0.0.1", 18790)
+
+
+def test_top_level_api_block_fills_channels_api_without_overriding_it(tmp_path: Path) -> None:
+    path = write(tmp_path / "config.json", {
+        "api": {"host": "0.0.0.0", "port": 9100, "timeout": 30, "apiKey": "k"},
+        "channels": {"api": {"enabled": True, "port": 9200}},
+    })
+    api = load_config(path, env={}).channels.api
+    assert (api.enabled, api.host, api.port, api.timeout_s, api.api_key) == (True, "0.0.0.0", 9200, 30.0, "k")
+
+
+def test_null_where_a_value_is_required_means_the_default(tmp_path: Path) -> None:
+    path = write(tmp_path / "config.json", {"channels": {"telegram": {"token": None, "allowFrom": None}},
+                                            "agents": {"defaults": {"maxTokens": None}}})
+    config = load_config(path, env={})
+    assert (config.channels.telegram.token, config.channels.telegram.allow_from) == ("", [])
+    assert config.agents.defaults.max_tokens == 8192

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from nanobot.session.locks import LocalConversationLockManager
 
@@ -74,3 +75,48 @@ def test_fences_increase_and_wait_is_measured() -> None:
 
     (f1, w1), (f2, w2) = asyncio.run(scenario())
     assert f2 > f1 and w1 < 0.05 <= w2 + 0.01
+
+
+def test_redis_lease_is_held_by_one_holder_at_a_time() -> None:
+    """Many contenders hammer one lease (take/renew, release); never two holders at once, and a holder that
+    stops renewing loses it to the next one when it expires."""
+    import redis.asyncio as aioredis
+
+    from nanobot_celery.lease import RedisLease
+    from tests.cluster import REDIS_DB, REDIS_HOST, REDIS_PORT, redis_available
+
+    if not redis_available():
+        raise AssertionError("Redis is needed (scripts/test starts one)")
+
+    async def scenario() -> None:
+        client = aioredis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, decode_responses=True)
+        key = f"nbtest-lease-{uuid.uuid4().hex}"
+        leases = [RedisLease(client, key, f"holder-{i}", ttl_ms=300) for i in range(8)]
+        holders: set[str] = set()
+        overlaps = 0
+
+        async def contend(lease: RedisLease) -> None:
+            nonlocal overlaps
+            for _ in range(40):
+                if await lease.acquire():
+                    holders.add(lease.holder)
+                    overlaps += len(holders) > 1
+                    await asyncio.sleep(0.003)
+                    holders.discard(lease.holder)
+                    await lease.release()
+                await asyncio.sleep(0.001)
+
+        try:
+            await asyncio.gather(*(contend(lease) for lease in leases))
+            assert overlaps == 0
+            first, second = leases[0], leases[1]
+            assert await first.acquire() and not await second.acquire()
+            await asyncio.sleep(0.4)  # the first stops renewing: its lease expires
+            assert await second.acquire() and not await first.acquire()
+            await first.release()  # not its lease any more: releasing changes nothing
+            assert await client.get(key) == "holder-1"
+        finally:
+            await client.delete(key)
+            await client.aclose()
+
+    asyncio.run(scenario())

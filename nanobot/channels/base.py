@@ -44,9 +44,10 @@ class BaseChannel(ABC):
         return self._running
 
     def is_allowed(self, sender_id: str) -> bool:
-        """An empty allowFrom allows everyone; otherwise the sender (or one of its `|` parts) must be listed."""
+        """An empty allowFrom, or one holding "*", allows everyone; otherwise the sender (or one of its `|`
+        parts) must be listed."""
         allow = self.config.allow_from
-        if not allow:
+        if not allow or "*" in allow:
             return True
         sender = str(sender_id)
         return sender in allow or any(part and part in allow for part in sender.split("|"))
