@@ -109,3 +109,36 @@ def test_celery_mode_without_redis_fails_in_one_line(tmp_path: Path, fake_llm: F
         assert result.returncode == 1, args
         assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in result.stderr
         assert "secret" not in result.stderr + result.stdout
+
+
+def test_gateway_whose_http_port_is_taken_fails_clearly(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, fake_llm.base_url, gateway={"heartbeat": {"enabled": False}, "port": port})
+        result = run(config, "gateway")
+    assert result.returncode == 1
+    assert f"cannot listen on gateway.host:gateway.port = 127.0.0.1:{port}" in result.stderr
+
+
+def test_channels_status_and_whatsapp_login(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    cloud = {"phoneNumberId": "1002003", "accessToken": "EAAG-secret", "appSecret": "s", "verifyToken": "v"}
+    config = write_config(tmp_path, fake_llm.base_url, channels={
+        "telegram": {"enabled": True, "token": "123:secret-token", "mode": "webhook",
+                     "webhookUrl": "https://bot.example.com/telegram"},
+        "whatsapp": {"enabled": True, "cloud": cloud},
+    })
+    status = run(config, "channels", "status")
+    assert status.returncode == 0, status.stderr
+    assert "webhook https://bot.example.com/telegram token set" in status.stdout
+    assert "cloud: phone number 1002003" in status.stdout and "gateway not running" in status.stdout
+    assert "secret" not in status.stdout
+    login = run(config, "channels", "login", "whatsapp")
+    assert login.returncode == 0 and "Cloud API" in login.stdout and "/whatsapp" in login.stdout
+    assert "EAAG-secret" not in login.stdout
+    bridge = write_config(tmp_path / "bridge", fake_llm.base_url, channels={"whatsapp": {"enabled": True}})
+    assert "QR code" in run(bridge, "channels", "login", "whatsapp").stdout
+    assert run(config, "channels", "login", "telegram").returncode == 2

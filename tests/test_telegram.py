@@ -5,6 +5,7 @@ protocol. The agent is a small echo task, so each test sees exactly what the cha
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from nanobot.channels.manager import ChannelManager
 from nanobot.channels.telegram import TelegramChannel
 from nanobot.channels.telegram_format import split_markdown, to_telegram_html
 from nanobot.config.schema import ChannelsConfig, TelegramConfig
+from nanobot.testing.llm_server import FakeLLM
 from nanobot.testing.telegram_server import FakeTelegram, parse_html
 
 Responder = Callable[["Harness", InboundMessage], Awaitable[None]]
@@ -304,6 +306,26 @@ def test_photo_document_and_voice_arrive_as_files(tmp_path: Path) -> None:
             assert Path(photo.media[0]).is_relative_to(tmp_path / "media" / "telegram")
             assert document.content.startswith("[file: ") and document.media[0].endswith(".pdf")
             assert "not transcribed: no transcription provider is configured" in voice.content
+
+    run(scenario())
+
+
+def test_voice_is_transcribed_when_a_provider_is_configured(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    from nanobot.config.loader import load_config
+    from nanobot.providers.transcription import transcriber_from_config
+
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({"providers": {"groq": {"apiKey": "gsk-test", "apiBase": fake_llm.base_url}}}))
+    transcriber = transcriber_from_config(load_config(config_path, env={}))
+    assert transcriber is not None and transcriber.model == "whisper-large-v3"
+
+    async def scenario() -> None:
+        async with running(tmp_path) as h:
+            h.channel.transcriber = transcriber
+            h.fake.user_message(962, voice=b"OggS twelve b")
+            [msg] = await h.wait_inbound(1)
+            assert "[transcription: simulated transcription of 13 bytes by whisper-large-v3]" in msg.content
+            await transcriber.close()
 
     run(scenario())
 

@@ -168,6 +168,12 @@ def _trim_trailing_newlines(out: list[str]) -> None:
         out.pop()
 
 
+_INLINE_MARKUP = {
+    "softbreak": "\n", "hardbreak": "\n", "strong_open": "<b>", "strong_close": "</b>",
+    "em_open": "<i>", "em_close": "</i>", "s_open": "<s>", "s_close": "</s>",
+}
+
+
 def _inline(children: list[Token]) -> str:
     out: list[str] = []
     links: list[bool] = []  # per open link: whether its <a> was written (unsafe targets become plain text)
@@ -177,20 +183,8 @@ def _inline(children: list[Token]) -> str:
             out.append(_esc(token.content))
         elif kind == "code_inline":
             out.append(f"<code>{_esc(token.content)}</code>")
-        elif kind in ("softbreak", "hardbreak"):
-            out.append("\n")
-        elif kind == "strong_open":
-            out.append("<b>")
-        elif kind == "strong_close":
-            out.append("</b>")
-        elif kind == "em_open":
-            out.append("<i>")
-        elif kind == "em_close":
-            out.append("</i>")
-        elif kind == "s_open":
-            out.append("<s>")
-        elif kind == "s_close":
-            out.append("</s>")
+        elif kind in _INLINE_MARKUP:
+            out.append(_INLINE_MARKUP[kind])
         elif kind == "link_open":
             href = str(token.attrGet("href") or "")
             links.append(_safe_href(href))

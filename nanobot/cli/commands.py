@@ -170,7 +170,7 @@ def gateway(
 ) -> None:
     """Run channels, the agent, cron and heartbeat until SIGTERM or Ctrl+C."""
     from nanobot.bus.factory import BusUnavailableError
-    from nanobot.gateway.service import Gateway
+    from nanobot.gateway.service import Gateway, GatewayStartError
     from nanobot.providers.registry import NoProviderError
 
     setup_logging("DEBUG" if verbose else None)
@@ -188,7 +188,10 @@ def gateway(
     except (NoProviderError, BusUnavailableError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"{__logo__} nanobot gateway (bus={config.bus.backend})")
-    asyncio.run(gw.run_until_signal())
+    try:
+        asyncio.run(gw.run_until_signal())
+    except GatewayStartError as exc:
+        raise _fail(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------- worker

@@ -58,6 +58,10 @@ async def _step(name: str, work: Awaitable[None], limit_s: float = 10.0) -> None
         log.exception("stopping %s failed; going on", name)
 
 
+class GatewayStartError(Exception):
+    """The gateway cannot start (its HTTP port is taken); the message says what to change."""
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -102,10 +106,16 @@ class Gateway:
         await self.cron.stop()
 
     async def start(self) -> None:
+        try:
+            await self.http.start()
+        except OSError as exc:
+            raise GatewayStartError(
+                f"cannot listen on gateway.host:gateway.port = {self.http.host}:{self.http.port}: {exc.strerror or exc}"
+                " (another gateway on this host? give each its own gateway.port)"
+            ) from exc
         if self.agent is not None:
             await self._start_schedules()
             self._agent_task = asyncio.create_task(self.agent.run(), name="agent-loop")
-        await self.http.start()
         await self.channels.start_all()
         if self.distributed is not None:
             await self.distributed.start(on_gain=self._start_schedules, on_loss=self._stop_schedules)

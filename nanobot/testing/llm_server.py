@@ -29,6 +29,7 @@ The server side uses only the standard library; `RemoteFakeLLM` imports httpx la
 from __future__ import annotations
 
 import argparse
+import email.policy
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -389,6 +391,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, _query = self._route()
         if path in ("/v1/chat/completions", "/chat/completions"):
             self._chat_completions()
+        elif path in ("/v1/audio/transcriptions", "/audio/transcriptions"):
+            self._transcription()
         elif path == "/_rules":
             self._control(self._add_rules)
         elif path == "/_reset":
@@ -621,6 +625,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+    def _transcription(self) -> None:
+        """OpenAI's audio transcription endpoint (multipart `file` and `model`): the SIMULATED text names the
+        file's size and the model, so a test sees that the audio itself went through."""
+        body = self._read_body()
+        head = f"Content-Type: {self.headers.get('Content-Type', '')}\r\n\r\n".encode("latin-1")
+        form = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        fields = {part.get_param("name", header="content-disposition"): part for part in form.iter_parts()}
+        if "file" not in fields or "model" not in fields:
+            self._send_error(400, "multipart fields 'file' and 'model' are required")
+            return
+        audio = fields["file"].get_payload(decode=True) or b""
+        model = (fields["model"].get_payload(decode=True) or b"").decode()
+        self._send_json(200, {"text": f"simulated transcription of {len(audio)} bytes by {model}"})
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
