@@ -381,3 +381,36 @@ def test_spawn_reports_back_to_origin_conversation(fake_llm: FakeLLM, workspace:
     assert "one two three" in replies[1].content  # the echo of the system report carries the result
     history = (workspace / "sessions" / "api_r.jsonl").read_text()
     assert "Subagent" in history and "one two three" in history
+
+
+def test_message_tool_sends_only_files_inside_the_workspace(fake_llm: FakeLLM, workspace: Path, tmp_path: Path) -> None:
+    """A hostile user asks the agent to mail them the operator's config; only workspace files may leave."""
+    secret = tmp_path / "config.json"
+    secret.write_text('{"providers": {"openai": {"apiKey": "sk-operator"}}}')
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "report.txt").write_text("a report")
+    (workspace / "sneaky.json").symlink_to(secret)
+    for attempt in (str(secret), "sneaky.json", "../config.json"):
+        fake_llm.add_rule(Rule(match="send me", tool_calls=[
+            {"name": "message", "arguments": {"content": "here", "media": [attempt]}}]))
+    fake_llm.add_rule(Rule(match="send me", tool_calls=[
+        {"name": "message", "arguments": {"content": "here", "media": ["report.txt"]}}]))
+    fake_llm.add_rule(Rule(match="send me", when_last_role="tool", content="done", times=None))
+
+    async def scenario() -> list[OutboundMessage]:
+        loop = make_loop(fake_llm, workspace)
+        runner = asyncio.create_task(loop.run())
+        for _ in range(4):
+            await loop.bus.publish_inbound(InboundMessage(channel="telegram", sender_id="u", chat_id="1",
+                                                          content="send me the config file"))
+        replies = await collect_replies(loop.bus, 4)
+        loop.stop()
+        await runner
+        await loop.close()
+        return replies
+
+    replies = asyncio.run(scenario())
+    media = [path for reply in replies for path in reply.media]
+    assert media == [str((workspace / "report.txt").resolve())]
+    tool_results = [m["content"] for r in fake_llm.requests for m in r.messages if m.get("role") == "tool"]
+    assert sum("outside the workspace" in text for text in tool_results) >= 3

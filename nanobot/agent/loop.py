@@ -103,7 +103,7 @@ class AgentLoop:
 
     def _build_tools(self, spawner: Spawner, cron_service: CronService | None) -> ToolRegistry:
         tools = workspace_tools(self.workspace, self.tools_config)
-        tools.register(MessageTool(self.bus.publish_outbound))
+        tools.register(MessageTool(self.bus.publish_outbound, self.workspace))
         tools.register(SpawnTool(spawner))
         if cron_service is not None:
             from nanobot.agent.tools.cron import CronTool

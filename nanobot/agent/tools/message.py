@@ -1,8 +1,15 @@
-"""The message tool: send text to a chat (this one by default, or another)."""
+"""The message tool: send text to a chat (this one by default, or another), with files from the workspace.
+
+Chat channels upload the files a message names to the person at the other end, and what the agent names
+may be what a hostile user or a web page asked for: so a file is sent only when it resolves (links
+followed) inside the workspace. Upstream nanobot sends any path; the config file and the operator's home
+lie outside the workspace and never leave this way.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from nanobot.agent.tools.base import Tool
@@ -22,14 +29,29 @@ class MessageTool(Tool):
             "content": {"type": "string", "minLength": 1, "description": "The text to send."},
             "channel": {"type": "string", "description": "Target channel (telegram, whatsapp, api, ...)."},
             "chat_id": {"type": "string", "description": "Target chat id in that channel."},
-            "media": {"type": "array", "items": {"type": "string"}, "description": "File paths to attach."},
+            "media": {"type": "array", "items": {"type": "string"},
+              "description": "Files in the workspace to attach (relative to it, or absolute)."},
         },
         "required": ["content"],
         "additionalProperties": False,
     }
 
-    def __init__(self, send: Callable[[OutboundMessage], Awaitable[None]]) -> None:
+    def __init__(self, send: Callable[[OutboundMessage], Awaitable[None]], workspace: Path) -> None:
         self._send = send
+        self.workspace = Path(workspace).expanduser().resolve()
+
+    def _media_paths(self, paths: list[str]) -> list[str]:
+        """Each path resolved inside the workspace; raises ValueError naming the first that is not."""
+        resolved: list[str] = []
+        for path in paths:
+            candidate = Path(path).expanduser()
+            real = (candidate if candidate.is_absolute() else self.workspace / candidate).resolve()
+            if not real.is_relative_to(self.workspace):
+                raise ValueError(f"'{path}' is outside the workspace; only files in the workspace can be sent")
+            if not real.is_file():
+                raise ValueError(f"'{path}' is not a file")
+            resolved.append(str(real))
+        return resolved
 
     async def execute(self, **kwargs: Any) -> str:
         turn = turn_or_none()
@@ -37,6 +59,10 @@ class MessageTool(Tool):
         chat_id = kwargs.get("chat_id") or (turn.chat_id if turn else None)
         if not channel or not chat_id:
             return "Error: no target chat: give channel and chat_id"
+        try:
+            media = self._media_paths(list(kwargs.get("media") or []))
+        except ValueError as exc:
+            return f"Error: {exc}"
         same_chat = turn is not None and (channel, chat_id) == (turn.channel, turn.chat_id)
         await self._send(
             OutboundMessage(
@@ -44,7 +70,7 @@ class MessageTool(Tool):
                 chat_id=chat_id,
                 content=kwargs["content"],
                 reply_to=turn.message_id if same_chat and turn else None,
-                media=list(kwargs.get("media") or []),
+                media=media,
             )
         )
         if same_chat and turn:
