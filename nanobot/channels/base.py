@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from nanobot.bus.events import InboundMessage, OutboundMessage, new_message_id
 from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import ChannelBase
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 

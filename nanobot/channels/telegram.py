@@ -179,6 +179,8 @@ class TelegramChannel(BaseChannel):
                 await bot.shutdown()
             except Exception as exc:
                 log.debug("telegram: closing the bot client: %s", exc)
+            if self.transcriber is not None:
+                await self.transcriber.close()
 
     # ------------------------------------------------------------------ polling
     def _poll_timeout_s(self) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel, to_snake
 
 from nanobot.config.schema import Config
 
@@ -78,8 +79,8 @@ def _without_nulls(data: Any) -> Any:
     return data
 
 
-# Upstream 0.3.x keeps its OpenAI-compatible API server's settings in a top-level `api` block.
-_UPSTREAM_API_KEYS = {"host": "host", "port": "port", "timeout": "timeoutS", "apiKey": "apiKey", "api_key": "apiKey"}
+# Upstream 0.3.x keeps its OpenAI-compatible API server's settings in a top-level `api` block (camelCase here).
+_UPSTREAM_API_KEYS = {"host": "host", "port": "port", "timeout": "timeoutS", "apiKey": "apiKey"}
 
 
 def _adopt_upstream_api_block(raw: dict[str, Any]) -> None:
@@ -93,15 +94,11 @@ def _adopt_upstream_api_block(raw: dict[str, Any]) -> None:
     if not isinstance(target, dict):
         return
     for key, value in block.items():
-        ours = _UPSTREAM_API_KEYS.get(key)
+        ours = _UPSTREAM_API_KEYS.get(to_camel(key))
         if ours is None:
             log.warning("config: ignoring unknown key api.%s", key)
-        elif ours not in target and _field_for_alias(ours) not in target:
+        elif ours not in target and to_snake(ours) not in target:
             target[ours] = value
-
-
-def _field_for_alias(alias: str) -> str:
-    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in alias)
 
 
 def save_config(config: Config, path: str | Path | None = None) -> Path:

@@ -38,10 +38,6 @@ class WebServer:
                     return int(address[1])
         return self._requested_port
 
-    @property
-    def is_serving(self) -> bool:
-        return self._site is not None
-
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("server already started")
