@@ -13,6 +13,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# bubblewrap: the exec tool's sandbox (tools.exec.sandbox). It needs unprivileged user namespaces, which
+# Docker's default seccomp profile refuses (clone/unshare with namespace flags, mount, pivot_root), and on
+# AppArmor hosts the docker-default profile denies mount as well: in docker-compose.yml's workers exec then runs
+# unsandboxed, with a warning. Least privilege that lets it work, for the worker service only:
+#   security_opt: ["seccomp=<Docker's default profile, plus clone/unshare of namespaces, mount, umount2 and
+#                  pivot_root for every process>", "apparmor=<docker-default plus userns and mount>"]
+# (on Ubuntu 24.04 hosts, AppArmor-unconfined processes may not create user namespaces at all unless
+# kernel.apparmor_restrict_unprivileged_userns=0, so a dedicated profile beats apparmor=unconfined).
+# Not `privileged: true` nor `cap_add: [SYS_ADMIN]` (far more than bwrap needs), nor a setuid bwrap (it would
+# need capabilities Docker drops, and bubblewrap 0.11.2 and later refuse to run setuid).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 # An unprivileged user owns /data; the installed code stays root-owned and read-only to it.
 RUN groupadd --system --gid 1000 nanobot \
     && useradd --system --uid 1000 --gid nanobot --create-home --home-dir /home/nanobot \

@@ -11,19 +11,27 @@ from typing import Any
 from kombu import Queue
 
 from nanobot.config import Config, load_config
+from nanobot_celery.redis_url import tls_options
 from nanobot_celery.routing import QUEUE_PREFIX, all_queues
 
 
 def settings_from(config: Config) -> dict[str, Any]:
     """The settings that depend on nanobot's config."""
     bus = config.bus
-    return {
+    settings: dict[str, Any] = {
         "broker_url": bus.redis_url,
         # Longer than any turn: a task still unacknowledged after this is delivered again (see DESIGN §4).
         "broker_transport_options": {"visibility_timeout": bus.visibility_timeout_s},
         "task_queues": [Queue(name, routing_key=name) for name in all_queues(bus.shards)],
         "task_default_queue": f"{QUEUE_PREFIX}.0",
     }
+    # rediss://: without these kombu would connect with certificate checks off (CERT_NONE, with a warning).
+    # The result backend's too, although results are not stored today (task_ignore_result). Always set, so
+    # that `use_config` with a redis:// URL undoes an earlier rediss:// one.
+    tls = tls_options(bus.redis_url)
+    settings["broker_use_ssl"] = tls or False
+    settings["redis_backend_use_ssl"] = tls
+    return settings
 
 
 # A task is acknowledged when it finishes, so a worker killed mid-task leaves it to be delivered again.

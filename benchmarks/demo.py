@@ -28,6 +28,7 @@ from benchmarks.load import Turn
 from benchmarks.measure import Load, Result, measure
 from benchmarks.report import print_checks, print_summary, progress_bar, write_json, write_png
 from benchmarks.stack import Layout, SimulatedLLM
+from nanobot_celery.redis_url import redact
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 PROBE = Load(users=1, turns=40, latency_s=0.0, jitter=0.0)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="nanobot-bench-"))
     args.out.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]nanobot benchmark[/bold]: SIMULATED LLM {args.latency:.2f}s ± {args.jitter:.0%}, "
-                  f"{args.users} users × {args.turns} turns; Redis {args.redis_url}; work dir {workdir}")
+                  f"{args.users} users × {args.turns} turns; Redis {redact(args.redis_url)}; work dir {workdir}")
     llm = SimulatedLLM(workdir, args.latency, args.jitter)
     ok = False
     try:

@@ -2,8 +2,9 @@
 
 - sweeper: re-rings conversations whose mailbox holds work while nobody holds their lock (a worker
   died, a doorbell was lost); forgets conversations that went idle.
-- leader: only one gateway fires cron jobs and heartbeats (a Redis lock renewed while it lives); each
-  job occurrence is also claimed once in Redis, so two gateways never fire it twice.
+- leader: only one gateway fires cron jobs and heartbeats (a Redis lease renewed while it lives), and only
+  before the lease's deadline: a leader stalled past it fires nothing until it has renewed. Each job
+  occurrence is also claimed once in Redis, so two gateways never fire it twice.
 - cron and heartbeat turns become inbound messages, run by workers in their own sessions.
 - the embedded worker: a `celery worker` child process, so one `nanobot gateway` still does everything.
 """
@@ -48,19 +49,29 @@ def heartbeat_inbound(prompt: str) -> InboundMessage:
 
 
 class DistributedGateway:
-    def __init__(self, config: Config, bus: CeleryMessageBus) -> None:
+    def __init__(self, config: Config, bus: CeleryMessageBus, leader_ttl_ms: int = LEADER_TTL_MS) -> None:
         self.config = config
         self.bus = bus
         self.keys = bus.keys
         self.identity = bus.identity
-        self.leader = bus.lease("gateway", LEADER_TTL_MS / 1000)
+        self.leader = bus.lease("gateway", leader_ttl_ms / 1000)
         self._tasks: list[asyncio.Task[None]] = []
         self._worker: asyncio.subprocess.Process | None = None
         self.is_leader = False
 
     # ------------------------------------------------------------------ cron and heartbeat
+    async def leads_now(self, what: str) -> bool:
+        """Whether this gateway may fire `what` now: it holds the leader lease before its deadline, or, having
+        stalled past the deadline, takes the lease again at once (nobody else took it meanwhile)."""
+        if self.leader.held or await self.leader.acquire():
+            return True
+        log.warning("%s not fired: this gateway no longer holds the leader lease", what)
+        return False
+
     def cron_job_runner(self) -> Callable[[CronJob], Awaitable[str | None]]:
         async def run(job: CronJob) -> str | None:
+            if not await self.leads_now(f"cron job={job.id}"):
+                return None
             due = job.state.next_run_at_ms or 0
             first = await self.bus.redis.set(self.keys.cron_fired(job.id, due), self.identity, nx=True, ex=86_400)
             if not first:
@@ -72,7 +83,8 @@ class DistributedGateway:
         return run
 
     async def heartbeat(self, prompt: str) -> str | None:
-        await self.bus.publish_inbound(heartbeat_inbound(prompt))
+        if await self.leads_now("heartbeat"):
+            await self.bus.publish_inbound(heartbeat_inbound(prompt))
         return None
 
     async def lead(self, on_gain: Callable[[], Awaitable[None]], on_loss: Callable[[], Awaitable[None]]) -> None:
@@ -87,7 +99,7 @@ class DistributedGateway:
                 self.is_leader = False
                 log.warning("leadership lost: cron and heartbeat stop here")
                 await on_loss()
-            await asyncio.sleep(LEADER_TTL_MS / 3000)
+            await asyncio.sleep(self.leader.ttl_ms / 3000)
 
     async def resign(self) -> None:
         await self.leader.release()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from nanobot.agent.loop import AgentLoop
 from nanobot.config import Config, load_config
-from nanobot.config.loader import cron_store_path
+from nanobot.config.loader import ConfigError, cron_store_path
 from nanobot.cron.service import CronService
 from nanobot.logs import quiet_http_loggers
 from nanobot.providers.factory import create_provider
@@ -23,6 +23,7 @@ from nanobot.providers.openai_compat import tls_context
 from nanobot.session.factory import shared_turn_options
 from nanobot.session.locks import RedisConversationLockManager
 from nanobot_celery.bus import CeleryMessageBus
+from nanobot_celery.sandbox_default import apply_sandbox_default
 from nanobot_celery.spawner import CelerySpawner
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class WorkerRuntime:
 def build_runtime(config: Config | None = None) -> WorkerRuntime:
     """Everything a task needs; no network round trip happens here (clients connect on first use)."""
     config = config or load_config()
+    apply_sandbox_default(config)
     quiet_http_loggers()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -90,8 +92,8 @@ _LAZY_IMPORTS = ("anyio._backends._asyncio", "httpcore2", "httpcore", "openai.ty
 def prepare_pool_parent() -> None:
     """`worker_init`, in the worker's main process before the pool forks.
 
-    Loads what a turn would otherwise import lazily and the TLS context of the LLM clients, so every
-    child inherits them, and freezes the heap:
+    Loads what a turn would otherwise import lazily, the TLS context of the LLM clients and the exec
+    sandbox's probe, so every child inherits them, and freezes the heap:
     Celery runs `gc.collect()` before each fork (autoscale forks during a burst), which then has almost
     nothing to scan, and the frozen objects' pages stay shared with the children.
     """
@@ -101,6 +103,11 @@ def prepare_pool_parent() -> None:
         except ImportError:
             continue
     tls_context()
+    try:
+        # Probe bubblewrap (and warn if it cannot run) once here: the children inherit the answer.
+        apply_sandbox_default(load_config())
+    except ConfigError:
+        pass  # each pool process reports it when it builds its runtime
     gc.freeze()
 
 

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from nanobot.config import load_config
+from nanobot.session.manager import session_filename
 from nanobot.testing.llm_server import FakeLLM
 from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok, wait_until
 from nanobot_celery.worker import worker_argv
@@ -37,6 +38,7 @@ class Cluster:
         sessions: str = "file",
         redis_url: str | None = None,
         channels: dict[str, Any] | None = None,
+        sections: dict[str, Any] | None = None,
         **bus: Any,
     ) -> None:
         self.tmp_path = tmp_path
@@ -55,6 +57,7 @@ class Cluster:
             channels={"api": {"enabled": True, "port": self.port, "apiKey": API_KEY, "timeoutS": api_timeout_s},
                       **(channels or {})},
             sessions={"backend": sessions},
+            **(sections or {}),
         )
         self.env = {"NANOBOT_CONFIG": str(self.config_path), "NANOBOT_LOG_LEVEL": "INFO"}
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
@@ -120,7 +123,7 @@ class Cluster:
         return int(value.split(":")[2]) if value else None
 
     def history(self, session_key: str) -> list[dict[str, Any]]:
-        path = self.tmp_path / "workspace" / "sessions" / (session_key.replace(":", "_") + ".jsonl")
+        path = self.tmp_path / "workspace" / "sessions" / session_filename(session_key)
         if self.config.sessions.backend == "redis":
             text = self.redis.get(f"{self.prefix}:session:{session_key}") or ""
         else:

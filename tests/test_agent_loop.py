@@ -411,6 +411,51 @@ def test_message_tool_sends_only_files_inside_the_workspace(fake_llm: FakeLLM, w
 
     replies = asyncio.run(scenario())
     media = [path for reply in replies for path in reply.media]
-    assert media == [str((workspace / "report.txt").resolve())]
+    assert len(media) == 1 and Path(media[0]).name == "report.txt"  # a copy the agent's tools cannot swap
+    assert Path(media[0]).is_relative_to((workspace / "media" / "outbox").resolve())
+    assert Path(media[0]).read_text() == "a report"
     tool_results = [m["content"] for r in fake_llm.requests for m in r.messages if m.get("role") == "tool"]
     assert sum("outside the workspace" in text for text in tool_results) >= 3
+
+
+def test_memory_per_conversation_keeps_one_persons_facts_from_another(fake_llm: FakeLLM, workspace: Path) -> None:
+    """Many people share one agent: what one told it must not reach another's prompt."""
+    fake_llm.add_rule(
+        Rule(
+            match="[memory consolidation]",
+            tool_calls=[
+                {
+                    "name": "save_memory",
+                    "arguments": {"history_entry": "[2026] Alice's code.", "memory_update": "- door code 4711"},
+                }
+            ],
+        )
+    )
+
+    async def scenario() -> None:
+        loop = make_loop(fake_llm, workspace, memory_scope="conversation")
+        try:
+            await loop.process_direct("my door code is 4711", session_key="telegram:alice")
+            assert (await loop.process_direct("/new", session_key="telegram:alice")).startswith("New session")
+            await loop.process_direct("what do you remember?", session_key="telegram:mallory")
+            await loop.process_direct("and now?", session_key="telegram:alice")
+        finally:
+            await loop.close()
+
+    asyncio.run(scenario())
+    turns = [r for r in fake_llm.requests if not r.last_user_text.startswith("[memory consolidation]")]
+    mallory = next(r for r in turns if r.last_user_text == "what do you remember?")
+    alice = next(r for r in turns if r.last_user_text == "and now?")
+    assert "4711" not in json.dumps(mallory.messages)
+    assert "door code 4711" in alice.messages[0]["content"]
+    assert "4711" not in (workspace / "memory" / "MEMORY.md").read_text()  # the shared file (a template)
+    assert "4711" in (workspace / "memory" / "conversations" / "telegram_alice" / "MEMORY.md").read_text()
+
+
+def test_memory_scope_defaults_to_conversation_in_distributed_mode() -> None:
+    from nanobot.config.schema import Config
+
+    assert Config().memory_scope == "shared"
+    assert Config.model_validate({"bus": {"backend": "celery"}}).memory_scope == "conversation"
+    chosen = {"bus": {"backend": "celery"}, "agents": {"defaults": {"memoryScope": "shared"}}}
+    assert Config.model_validate(chosen).memory_scope == "shared"

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +19,12 @@ import pytest
 
 from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.bus.queue import MessageBus
-from nanobot.channels.api import ApiChannel
+from nanobot.channels.api import ApiChannel, AuthFailureThrottle, ClientKeys, UnsafeBindError, binding_refusal
+from nanobot.config.loader import ConfigError, load_config
 from nanobot.config.schema import ApiChannelConfig
+from nanobot.testing.llm_server import FakeLLM
+from nanobot.testing.processes import nanobot
+from tests.conftest import write_config
 
 KEY = "sk-test-secret"
 
@@ -62,9 +69,12 @@ async def slow_random_reply(h: Harness, msg: InboundMessage) -> None:
 
 
 @asynccontextmanager
-async def running(responder: Responder | None = reply, **config: Any) -> AsyncIterator[Harness]:
+async def running(
+    responder: Responder | None = reply, clock: Callable[[], float] | None = None, **config: Any
+) -> AsyncIterator[Harness]:
     bus = MessageBus()
-    channel = ApiChannel(ApiChannelConfig(enabled=True, port=0, **config), bus)
+    options: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    channel = ApiChannel(ApiChannelConfig(enabled=True, port=0, **config), bus, **options)
     channel_task = asyncio.create_task(channel.start())
     await asyncio.wait_for(channel.started.wait(), 5)
     client = httpx.AsyncClient(trust_env=False, timeout=10)
@@ -177,7 +187,8 @@ def test_default_session_model_and_user() -> None:
             assert r.json()["choices"][0]["message"]["content"] == "reply to hi"
             inbound = h.inbound[0]
             assert inbound.session_key == "api:default"
-            assert inbound.sender_id == "alice"
+            assert inbound.sender_id == "api"  # the client, never what `user` says
+            assert inbound.metadata["api_user"] == "alice"
 
     run(scenario())
 
@@ -348,6 +359,7 @@ BAD_REQUESTS: list[tuple[str, bytes | Any]] = [
     ("session_id not a string", chat(session_id=12)),
     ("session_id empty", chat(session_id="")),
     ("session_id too long", chat(session_id="x" * 1000)),
+    ("session_id with a slash", chat(session_id="a/b")),
     ("user not a string", chat(user=["bob"])),
     ("model not a string", chat(model=3)),
 ]
@@ -421,12 +433,16 @@ def test_allow_from_refusal() -> None:
     async def scenario() -> None:
         async with running(allow_from=["alice"]) as h:
             url = f"{h.base}/v1/chat/completions"
-            error = assert_openai_error(await h.client.post(url, json=chat(user="bob")), 403)
-            assert error["param"] == "user"
+            error = assert_openai_error(await h.client.post(url, json=chat(user="bob")), 403, "permission_error")
+            assert "'api'" in error["message"]
             assert_openai_error(await h.client.post(url, json=chat()), 403)
+            # Naming an allowed user does not help: allowFrom lists clients.
+            assert_openai_error(await h.client.post(url, json=chat("let me in", user="alice")), 403)
             assert h.inbound == []
             assert h.channel.pending_count == 0
-            r = await h.client.post(url, json=chat("let me in", user="alice"))
+
+        async with running(allow_from=["api"]) as h:
+            r = await h.client.post(f"{h.base}/v1/chat/completions", json=chat("let me in"))
             assert r.status_code == 200
             assert r.json()["choices"][0]["message"]["content"] == "reply to let me in"
 
@@ -587,3 +603,285 @@ def test_stop_with_open_connections() -> None:
                 await h.client.get(f"http://127.0.0.1:{port}/health")
 
     run(scenario())
+
+
+# ---------------------------------------------------------------- clients, namespaces, throttling, binding
+KEY_A = "sk-client-a-secret"
+KEY_B = "sk-client-b-secret"
+TWO_CLIENTS = {KEY_A: "A", KEY_B: "B"}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def remembering() -> Responder:
+    """A fake agent with one history per session key: each reply lists what that session has heard."""
+    histories: dict[str, list[str]] = {}
+
+    async def respond(h: Harness, msg: InboundMessage) -> None:
+        history = histories.setdefault(msg.session_key, [])
+        history.append(msg.content)
+        content = f"{msg.session_key} heard {' | '.join(history)}"
+        await h.bus.publish_outbound(
+            OutboundMessage(channel="api", chat_id=msg.chat_id, content=content, reply_to=msg.message_id)
+        )
+
+    return respond
+
+
+def content_of(r: httpx.Response) -> str:
+    assert r.status_code == 200, r.text
+    return str(r.json()["choices"][0]["message"]["content"])
+
+
+def test_each_client_has_its_own_sessions() -> None:
+    async def scenario() -> None:
+        async with running(remembering(), keys=TWO_CLIENTS) as h:
+            url = f"{h.base}/v1/chat/completions"
+            a, b = bearer(KEY_A), bearer(KEY_B)
+            assert content_of(await h.client.post(url, json=chat("A secret", session_id="s1"), headers=a)) == (
+                "api:A/s1 heard A secret"
+            )
+            # B names the same session_id and gets a fresh conversation of its own.
+            assert content_of(await h.client.post(url, json=chat("B here", session_id="s1"), headers=b)) == (
+                "api:B/s1 heard B here"
+            )
+            assert content_of(await h.client.post(url, json=chat("again", session_id="s1"), headers=a)) == (
+                "api:A/s1 heard A secret | again"
+            )
+            assert [(m.sender_id, m.chat_id, m.session_key) for m in h.inbound] == [
+                ("A", "A/s1", "api:A/s1"),
+                ("B", "B/s1", "api:B/s1"),
+                ("A", "A/s1", "api:A/s1"),
+            ]
+            # Nor can B name A's namespace.
+            for forged in ("A/s1", "a/s1", "/s1", "A/"):
+                error = assert_openai_error(
+                    await h.client.post(url, json=chat("let me read", session_id=forged), headers=b), 400
+                )
+                assert error["param"] == "session_id" and "/" in error["message"]
+            assert len(h.inbound) == 3
+
+    run(scenario())
+
+
+def test_idempotency_key_replies_stay_with_their_client() -> None:
+    async def scenario() -> None:
+        async with running(remembering(), keys=TWO_CLIENTS) as h:
+            url = f"{h.base}/v1/chat/completions"
+            retry = {"Idempotency-Key": "same-key"}
+            first = await h.client.post(url, json=chat("A asks", session_id="s1"), headers=bearer(KEY_A) | retry)
+            assert content_of(first) == "api:A/s1 heard A asks"
+            again = await h.client.post(url, json=chat("A asks", session_id="s1"), headers=bearer(KEY_A) | retry)
+            assert again.json()["id"] == first.json()["id"] and len(h.inbound) == 1  # a retry: answered as before
+            other = await h.client.post(url, json=chat("B asks", session_id="s1"), headers=bearer(KEY_B) | retry)
+            assert content_of(other) == "api:B/s1 heard B asks"  # never A's remembered reply
+            assert other.json()["id"] != first.json()["id"]
+            assert [m.session_key for m in h.inbound] == ["api:A/s1", "api:B/s1"]
+
+    run(scenario())
+
+
+def test_allow_from_lists_client_names_not_the_user_field() -> None:
+    async def scenario() -> None:
+        async with running(keys=TWO_CLIENTS, allow_from=["B", "alice"]) as h:
+            url = f"{h.base}/v1/chat/completions"
+            r = await h.client.post(url, json=chat("hi", user="alice"), headers=bearer(KEY_A))
+            error = assert_openai_error(r, 403, "permission_error")
+            assert error["code"] == "sender_not_allowed" and "'A'" in error["message"]
+            assert_openai_error(await h.client.post(url, json=chat("hi", user="B"), headers=bearer(KEY_A)), 403)
+            assert h.inbound == [] and h.channel.pending_count == 0
+
+            r = await h.client.post(url, json=chat("hi", user="mallory"), headers=bearer(KEY_B))
+            assert content_of(r) == "reply to hi"
+            (inbound,) = h.inbound
+            assert inbound.sender_id == "B" and inbound.chat_id == "B/default"
+            assert inbound.metadata["api_user"] == "mallory"
+
+    run(scenario())
+
+
+def test_legacy_api_key_keeps_session_id_as_chat_id() -> None:
+    async def scenario() -> None:
+        async with running(api_key=KEY, keys={KEY_B: "B"}) as h:
+            url = f"{h.base}/v1/chat/completions"
+            assert content_of(await h.client.post(url, json=chat("old", session_id="s1"), headers=bearer(KEY))) == (
+                "reply to old"
+            )
+            assert content_of(await h.client.post(url, json=chat("new", session_id="s1"), headers=bearer(KEY_B))) == (
+                "reply to new"
+            )
+            assert [(m.sender_id, m.chat_id, m.session_key) for m in h.inbound] == [
+                ("api", "s1", "api:s1"),
+                ("B", "B/s1", "api:B/s1"),
+            ]
+
+    run(scenario())
+
+
+def test_client_keys_match_exactly() -> None:
+    keys = ClientKeys(ApiChannelConfig(api_key=KEY, keys=TWO_CLIENTS))
+    assert keys.required and keys.clients == {"api", "A", "B"}
+    assert [keys.client_for(k) for k in (KEY, KEY_A, KEY_B)] == ["api", "A", "B"]
+    for wrong in (KEY_A[:-1], KEY_A + "x", KEY_A.upper(), "x", " " + KEY_A):
+        assert keys.client_for(wrong) is None
+    assert not ClientKeys(ApiChannelConfig()).required
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failed_authentications_are_throttled_per_address(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nanobot.channels.api")
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        async with running(keys=TWO_CLIENTS, clock=clock) as h:
+            url = f"{h.base}/v1/chat/completions"
+            for _ in range(10):
+                clock.now += 1
+                r = await h.client.post(url, json=chat(), headers=bearer("sk-guess"))
+                assert_openai_error(r, 401, "authentication_error")
+            r = await h.client.post(url, json=chat(), headers=bearer("sk-guess"))
+            error = assert_openai_error(r, 429, "rate_limit_error")
+            assert error["code"] == "too_many_auth_failures"
+            assert r.headers["retry-after"] == "51"  # the first failure (10 s ago) leaves the 60 s window then
+            # The right key waits too, or guessing would go on; /health stays open.
+            r = await h.client.post(url, json=chat(), headers=bearer(KEY_A))
+            assert_openai_error(r, 429)
+            assert (await h.client.get(f"{h.base}/health")).status_code == 200
+            assert h.inbound == []
+
+            # Another address is not affected.
+            transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+            async with httpx.AsyncClient(transport=transport, trust_env=False, timeout=10) as other:
+                assert content_of(await other.post(url, json=chat("from .2"), headers=bearer(KEY_A))) == (
+                    "reply to from .2"
+                )
+
+            clock.now += 50
+            assert (await h.client.post(url, json=chat(), headers=bearer(KEY_A))).headers["retry-after"] == "1"
+            clock.now += 1  # the oldest failure leaves the window: one more try is allowed
+            assert content_of(await h.client.post(url, json=chat("at last"), headers=bearer(KEY_A))) == (
+                "reply to at last"
+            )
+            assert_openai_error(await h.client.post(url, json=chat(), headers=bearer("sk-guess")), 401)
+            assert_openai_error(await h.client.post(url, json=chat(), headers=bearer(KEY_A)), 429)
+
+    run(scenario())
+    throttled = [r for r in caplog.records if r.levelno == logging.WARNING and "throttled" in r.getMessage()]
+    assert len(throttled) == 2 and "127.0.0.1" in throttled[0].getMessage()
+    assert all(secret not in caplog.text for secret in ("sk-guess", KEY_A, KEY_B))
+
+
+def test_throttle_tracks_a_bounded_number_of_addresses() -> None:
+    clock = FakeClock()
+    throttle = AuthFailureThrottle(limit=2, window_s=60, clock=clock, max_addresses=3)
+    assert throttle.record_failure("10.0.0.1") is False
+    assert throttle.record_failure("10.0.0.1") is True
+    assert throttle.retry_after("10.0.0.1") == 60
+    for i in range(2, 6):
+        throttle.record_failure(f"10.0.0.{i}")
+    assert len(throttle) == 3
+    assert throttle.retry_after("10.0.0.1") is None  # the least recently failed address was let go
+    clock.now += 60
+    assert throttle.retry_after("10.0.0.5") is None and len(throttle) == 2
+    with pytest.raises(ValueError):
+        AuthFailureThrottle(limit=0)
+
+
+def test_requests_are_logged_by_client_and_session_never_by_key(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def scenario() -> None:
+        async with running(keys=TWO_CLIENTS, api_key=KEY) as h:
+            url = f"{h.base}/v1/chat/completions"
+            await h.client.post(url, json=chat(), headers=bearer(KEY_A + "x"))
+            for key in (KEY, KEY_A, KEY_B):
+                assert (await h.client.post(url, json=chat(session_id="s9"), headers=bearer(key))).status_code == 200
+
+    run(scenario())
+    assert "client=A session=api:A/s9 message_id=" in caplog.text
+    assert "client=B session=api:B/s9" in caplog.text and "client=api session=api:s9" in caplog.text
+    assert "authentication failed from 127.0.0.1" in caplog.text
+    assert all(secret not in caplog.text for secret in (KEY, KEY_A, KEY_B))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost", "LOCALHOST"])
+def test_loopback_hosts_need_no_key(host: str) -> None:
+    assert binding_refusal(ApiChannelConfig(host=host)) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "192.168.1.20", "example.com", "localhost.example.com"])
+def test_other_hosts_need_a_key(host: str) -> None:
+    refusal = binding_refusal(ApiChannelConfig(host=host))
+    assert refusal is not None and "channels.api.apiKey" in refusal and "channels.api.keys" in refusal
+    assert "\n" not in refusal
+    assert binding_refusal(ApiChannelConfig(host=host, api_key=KEY)) is None
+    assert binding_refusal(ApiChannelConfig(host=host, keys={KEY_A: "A"})) is None
+
+
+def test_channel_refuses_to_start_on_all_interfaces_without_a_key() -> None:
+    async def scenario() -> None:
+        channel = ApiChannel(ApiChannelConfig(enabled=True, host="0.0.0.0", port=0), MessageBus())
+        with pytest.raises(UnsafeBindError, match=r"channels\.api\.apiKey .*channels\.api\.keys"):
+            await asyncio.wait_for(channel.start(), 5)
+        assert not channel.is_running and not channel.started.is_set()
+
+        async with running(host="0.0.0.0", keys={KEY_A: "A"}) as h:
+            assert h.channel.is_running
+            url = f"{h.base}/v1/chat/completions"
+            assert_openai_error(await h.client.post(url, json=chat()), 401)
+            assert content_of(await h.client.post(url, json=chat("hi"), headers=bearer(KEY_A))) == "reply to hi"
+
+    run(scenario())
+
+
+def test_gateway_without_a_key_beyond_loopback_stops_in_one_line(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    api = {"enabled": True, "host": "0.0.0.0", "port": 0}
+    config = write_config(tmp_path, fake_llm.base_url, channels={"api": api})
+    env = {**os.environ, "NANOBOT_CONFIG": str(config), "COLUMNS": "200", "NO_COLOR": "1"}
+    result = subprocess.run(nanobot("gateway"), env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "refusing" in line]
+    assert "channels.api.apiKey" in line and "channels.api.keys" in line and "0.0.0.0" in line
+    assert "Traceback" not in result.stderr
+
+
+BAD_KEYS: list[tuple[dict[str, Any], str, str]] = [
+    ({"keys": {KEY_A: "has space"}}, "channels.api.keys", "client name 'has space'"),
+    ({"keys": {KEY_A: "-dash-first"}}, "channels.api.keys", "must match"),
+    ({"keys": {KEY_A: "x" * 65}}, "channels.api.keys", "must match"),
+    ({"keys": {KEY_A: "a/b"}}, "channels.api.keys", "must match"),
+    ({"keys": {KEY_A: ""}}, "channels.api.keys", "must match"),
+    ({"keys": {"": "A"}}, "channels.api.keys", "the key is empty"),
+    ({"keys": {"  ": "A"}}, "channels.api.keys", "the key is empty"),
+    ({"keys": {KEY_A + " x": "A"}}, "channels.api.keys", "whitespace"),
+    ({"apiKey": KEY_A, "keys": {KEY_A: "A"}}, "channels.api", "also the key of client 'A'"),
+]
+
+
+@pytest.mark.parametrize(("api", "where", "says"), BAD_KEYS, ids=[says for _, _, says in BAD_KEYS])
+def test_bad_keys_config_is_refused_without_showing_keys(tmp_path: Path, api: dict[str, Any], where: str,
+                                                         says: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"channels": {"api": api}}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert f"{where}: Value error" in message and says in message
+    assert KEY_A not in message
+    with pytest.raises(ValueError, match=says):
+        ApiChannelConfig.model_validate(api)
+
+
+def test_good_keys_config() -> None:
+    config = ApiChannelConfig.model_validate({"apiKey": KEY, "keys": {KEY_A: "A.app_1-x", KEY_B: "9", "k3": "api"}})
+    assert config.keys[KEY_A] == "A.app_1-x"
+    assert ClientKeys(config).clients == {"api", "A.app_1-x", "9"}

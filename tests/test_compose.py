@@ -2,7 +2,9 @@
 
 No Docker engine runs here, so nothing is built or started: instead every NANOBOT_* variable must be a real
 config key, every command line must parse with the real CLI (nanobot's typer app, Celery's worker command,
-Flower's options), and the image must install everything pyproject.toml packages.
+Flower's options), and the image must install everything pyproject.toml packages. Nothing unauthenticated is
+published, no secret is on a command line, and Redis's entrypoint and healthcheck run here as written, with
+the installed redis-server.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import typer.main
@@ -23,6 +30,7 @@ import typer.main
 from nanobot.cli.commands import app as nanobot_cli
 from nanobot.config.loader import _NOT_OVERRIDES, ENV_CONFIG_PATH, ENV_PREFIX, apply_env_overrides, unknown_keys
 from nanobot.config.schema import Config
+from nanobot.testing.processes import free_port
 
 yaml = pytest.importorskip("yaml")
 
@@ -31,7 +39,11 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 # What a user would export before `docker compose up`; the secrets are required, the rest have defaults.
-USER_ENV = {"NANOBOT_API_KEY": "test-api-key", "FLOWER_PASSWORD": "test-flower-password"}
+USER_ENV = {
+    "NANOBOT_API_KEY": "test-api-key",
+    "FLOWER_PASSWORD": "test-flower-password",
+    "REDIS_PASSWORD": "test-redis-password",
+}
 NANOBOT_SERVICES = ("gateway", "worker", "flower")
 
 _VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -109,13 +121,27 @@ def seconds(duration: str | int) -> float:
     return sum(float(n) * scale[u] for n, u in parts)
 
 
+def bindings(svc: dict[str, Any]) -> list[tuple[str, int]]:
+    """(host address, container port) of each port a service publishes; "" for every address of the host."""
+    found = []
+    for entry in svc.get("ports") or []:
+        if isinstance(entry, dict):
+            found.append((str(entry.get("host_ip") or ""), int(entry["target"])))
+            continue
+        spec = str(entry).split("/")[0]
+        host = ""
+        if spec.startswith("["):  # [::1]:5555:5555
+            host, _, spec = spec[1:].partition("]:")
+        parts = spec.split(":")
+        if len(parts) == 3:
+            host = parts[0]
+        found.append((host, int(parts[-1])))
+    return found
+
+
 def published(svc: dict[str, Any]) -> set[int]:
     """The container ports a service publishes."""
-    ports: set[int] = set()
-    for entry in svc.get("ports") or []:
-        target = entry.get("target") if isinstance(entry, dict) else str(entry).split("/")[0].rsplit(":", 1)[-1]
-        ports.add(int(target))
-    return ports
+    return {port for _, port in bindings(svc)}
 
 
 def option_value(argv: list[str], name: str) -> str | None:
@@ -189,8 +215,7 @@ def test_gateway_config(compose: dict[str, Any]) -> None:
     assert api.port in published(gateway), f"API port {api.port} not published: {gateway.get('ports')}"
     assert config.agents.defaults.model == "anthropic/claude-opus-4-5"
     assert config.workspace_path.is_relative_to("/data")
-    redis_host = config.bus.redis_url.split("://", 1)[1].split("/")[0].split(":")[0].rsplit("@", 1)[-1]
-    assert redis_host == "redis" and "redis" in compose["services"]
+    assert urlsplit(config.bus.redis_url).hostname == "redis" and "redis" in compose["services"]
 
 
 def test_workers_and_gateway_agree(compose: dict[str, Any]) -> None:
@@ -259,10 +284,7 @@ def test_flower_command(compose: dict[str, Any]) -> None:
     flower_svc = service(compose, "flower")
     argv = command(flower_svc)
     assert argv[:4] == ["celery", "-A", "nanobot_celery", "flower"], argv
-    auth = option_value(argv, "--basic-auth")
-    assert auth is not None, "Flower must not be open without auth"
-    user, _, password = auth.partition(":")
-    assert user == "admin" and password == USER_ENV["FLOWER_PASSWORD"]
+    assert option_value(argv, "--basic-auth") is None, "a password on the command line shows in `ps`"
     port = int(option_value(argv, "--port") or 5555)
     assert port == 5555 and port in published(flower_svc)
 
@@ -273,7 +295,25 @@ def test_flower_command(compose: dict[str, Any]) -> None:
     for arg in argv[4:]:
         assert arg.startswith("--") and arg[2:].split("=", 1)[0] in defined, f"not a Flower option: {arg}"
     env = environment(flower_svc)
-    assert env.get("NANOBOT_BUS__REDIS_URL") == "redis://redis:6379/0"
+    assert env.get("NANOBOT_BUS__REDIS_URL") == f"redis://:{USER_ENV['REDIS_PASSWORD']}@redis:6379/0"
+
+
+def test_flower_auth_comes_from_its_environment(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLOWER_BASIC_AUTH, applied by Flower's own start-up code, turns basic auth on with the compose password."""
+    from flower.command import apply_env_options
+    from flower.options import options
+
+    auth = environment(service(compose, "flower")).get("FLOWER_BASIC_AUTH")
+    assert auth == f"admin:{USER_ENV['FLOWER_PASSWORD']}", "Flower must not be open without auth"
+    for name in [n for n in os.environ if n.startswith("FLOWER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", auth)
+    before = options.basic_auth
+    try:
+        apply_env_options()
+        assert options.basic_auth == [auth]
+    finally:
+        options.basic_auth = before
 
 
 def test_redis(compose: dict[str, Any]) -> None:
@@ -302,6 +342,123 @@ def test_data_volume_is_shared(compose: dict[str, Any]) -> None:
         assert len(data) == 1 and data[0] in named, f"{name}: /data must be a named volume"
         mounts[name] = data[0]
     assert mounts["gateway"] == mounts["worker"]
+
+
+# ---------------------------------------------------------------------------- exposure and secrets
+def test_only_authenticated_ports_are_published(compose: dict[str, Any]) -> None:
+    """The gateway's API (every request needs a key; /health says only whether it is up) on any address;
+    Flower (basic auth) on the host's loopback only; nothing else, and no service on the host's network."""
+    api_port = config_of(service(compose, "gateway")).channels.api.port
+    allowed = {("gateway", api_port), ("flower", 5555)}
+    for name, svc in compose["services"].items():
+        assert svc.get("network_mode") != "host", f"{name} would expose every port it opens"
+        for host, port in bindings(svc):
+            assert (name, port) in allowed, f"{name} publishes {port} ({host or 'every address'})"
+            if name == "flower":
+                assert host == "127.0.0.1", f"Flower must be bound to the host's loopback, not {host or 'all'}"
+    assert api_port in published(service(compose, "gateway"))
+    assert published(service(compose, "flower")) == {5555}
+
+
+def command_lines(svc: dict[str, Any]) -> list[str]:
+    """What `ps` can show of a service: its entrypoint, command and healthcheck."""
+    found = []
+    for part in (svc.get("entrypoint"), svc.get("command"), (svc.get("healthcheck") or {}).get("test")):
+        if part:
+            found.append(part if isinstance(part, str) else " ".join(str(p) for p in part))
+    return found
+
+
+def test_no_secret_on_a_command_line() -> None:
+    env = {**USER_ENV, "OPENROUTER_API_KEY": "sk-or-test-secret-key"}
+    compose = load_compose(env)
+    secrets = [v for k, v in env.items() if re.search(r"KEY|PASSWORD", k)]
+    for name, svc in compose["services"].items():
+        for line in command_lines(svc):
+            for secret in secrets:
+                assert secret not in line, f"{name}: a secret is on a command line: {line!r}"
+
+
+def test_redis_requires_the_password(compose: dict[str, Any]) -> None:
+    """Redis reads REDIS_PASSWORD from a compose secret; the nanobot services use the same password."""
+    redis = service(compose, "redis")
+    assert "redis_password" in [s if isinstance(s, str) else s.get("source") for s in redis.get("secrets") or []]
+    assert (compose.get("secrets") or {}).get("redis_password") == {"environment": "REDIS_PASSWORD"}
+    script = " ".join(command_lines(redis))
+    assert "requirepass" in script and "/run/secrets/redis_password" in script
+    test = " ".join(command_lines({"healthcheck": redis["healthcheck"]}))
+    assert "REDISCLI_AUTH=" in test and " -a " not in test
+    for name in NANOBOT_SERVICES:
+        url = environment(service(compose, name))["NANOBOT_BUS__REDIS_URL"]
+        assert urlsplit(url).password == USER_ENV["REDIS_PASSWORD"], name
+
+
+@pytest.fixture
+def redis_entrypoint(compose: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """Compose's redis entrypoint and healthcheck, to run here with the real redis-server: the image's
+    docker-entrypoint.sh (which drops to the redis user) stood in for by one that execs its arguments."""
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        pytest.skip("redis-server and redis-cli are not installed")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker-entrypoint.sh").write_text('#!/bin/sh\nexec "$@"\n')
+    (bindir / "docker-entrypoint.sh").chmod(0o755)
+    secret = tmp_path / "redis_password"
+    secret.write_text(USER_ENV["REDIS_PASSWORD"])
+    redis = service(compose, "redis")
+    port = free_port()
+    argv = [*redis["entrypoint"], *command(redis), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "REDIS_PASSWORD_FILE": str(secret)}
+    test = redis["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    # The container's redis-cli reaches the default port; this one, the test's.
+    healthcheck = ["sh", "-c", test[1].replace("redis-cli", f"redis-cli -p {port}")]
+    return {"argv": argv, "env": env, "port": port, "secret": secret, "healthcheck": healthcheck}
+
+
+def test_redis_entrypoint_starts_redis_with_the_password_off_its_command_line(redis_entrypoint: dict[str, Any]) -> None:
+    import redis as redis_py
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    r = redis_entrypoint
+    proc = subprocess.Popen(r["argv"], env=r["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def connect(password: str | None) -> redis_py.Redis:  # no retries: redis-py 8 retries refusals with backoff
+            return redis_py.Redis(port=r["port"], password=password, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+
+        client = connect(USER_ENV["REDIS_PASSWORD"])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis_py.ConnectionError:
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                assert time.monotonic() < deadline, "redis did not start"
+                time.sleep(0.05)
+        with pytest.raises(redis_py.AuthenticationError):
+            connect(None).ping()
+        with pytest.raises(redis_py.AuthenticationError):
+            connect("wrong").ping()
+        # exec all the way: the process started is redis-server, and the password is on no command line.
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert b"redis-server" in cmdline and USER_ENV["REDIS_PASSWORD"].encode() not in cmdline
+        assert subprocess.run(r["healthcheck"], env=r["env"], timeout=10).returncode == 0
+        r["secret"].write_text("wrong")
+        assert subprocess.run(r["healthcheck"], env=r["env"], timeout=10).returncode != 0
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_redis_entrypoint_refuses_a_password_unfit_for_a_url(redis_entrypoint: dict[str, Any]) -> None:
+    r = redis_entrypoint
+    for bad in ("", "has space", "a/b@c"):
+        r["secret"].write_text(bad)
+        done = subprocess.run(r["argv"], env=r["env"], capture_output=True, text=True, timeout=10)
+        assert done.returncode == 2 and "REDIS_PASSWORD" in done.stderr, (bad, done.stderr)
 
 
 # ---------------------------------------------------------------------------- Dockerfile
@@ -392,3 +549,15 @@ def test_no_secrets_in_the_image() -> None:
     for ins, args in dockerfile_instructions():
         if ins == "ARG":
             assert not secret.search(args), f"build arg for a secret: {args}"
+
+
+def test_dockerfile_installs_bubblewrap() -> None:
+    """The exec tool's sandbox, from Debian, without recommends and without leaving the package lists."""
+    runs = [args for ins, args in dockerfile_instructions() if ins == "RUN" and "bubblewrap" in args]
+    assert runs, "the image must install bubblewrap"
+    install = runs[0]
+    assert re.search(r"apt-get install -y --no-install-recommends bubblewrap\b", install), install
+    assert "apt-get update" in install and "rm -rf /var/lib/apt/lists/*" in install, install
+    users = [i for i, (ins, _) in enumerate(dockerfile_instructions()) if ins == "USER"]
+    installed = next(i for i, (ins, args) in enumerate(dockerfile_instructions()) if args == install)
+    assert installed < users[-1], "apt-get needs root: install before USER"

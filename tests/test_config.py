@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nanobot.config.loader import ConfigError, load_config, save_config
+from nanobot.config.loader import ConfigError, apply_env_overrides, load_config, save_config, unknown_keys
 from nanobot.config.schema import Config
 
 UPSTREAM_014 = {
@@ -220,3 +220,148 @@ def test_null_where_a_value_is_required_means_the_default(tmp_path: Path) -> Non
     config = load_config(path, env={})
     assert (config.channels.telegram.token, config.channels.telegram.allow_from) == ("", [])
     assert config.agents.defaults.max_tokens == 8192
+
+
+# ---------------------------------------------------------------- NANOBOT_* overrides (pydantic-settings)
+@pytest.mark.parametrize("value", ["1e5", "007", "true", "null", '{"a":1}', "[1, 2]", "  spaced  ", ""])
+def test_a_string_key_takes_the_value_verbatim(tmp_path: Path, value: str) -> None:
+    config = load_config(tmp_path / "none.json", env={"NANOBOT_CHANNELS__API__API_KEY": value,
+                                                      "NANOBOT_AGENTS__DEFAULTS__MODEL": value})
+    assert config.channels.api.api_key == value
+    assert config.agents.defaults.model == value
+
+
+def test_bool_int_float_and_list_overrides_are_parsed_for_their_keys(tmp_path: Path) -> None:
+    env = {
+        "NANOBOT_CHANNELS__TELEGRAM__ENABLED": "1",
+        "NANOBOT_TOOLS__EXEC__SANDBOX_NETWORK": "false",
+        "NANOBOT_CHANNELS__API__PORT": "9001",
+        "NANOBOT_AGENTS__DEFAULTS__TEMPERATURE": "0.5",
+        "NANOBOT_AGENTS__DEFAULTS__MAX_CONCURRENT_TURNS": "3",
+        "NANOBOT_CHANNELS__TELEGRAM__ALLOW_FROM": '["123","alice"]',
+        "NANOBOT_CHANNELS__API__KEYS": '{"K-1": "alice"}',
+        "NANOBOT_CHANNELS__API__KEYS__K2": "bob",
+        "nanobot_bus__lock__ttl_ms": "5000",  # any case
+    }
+    config = load_config(tmp_path / "none.json", env=env)
+    assert config.channels.telegram.enabled is True and config.tools.exec.sandbox_network is False
+    assert config.channels.api.port == 9001 and config.agents.defaults.temperature == 0.5
+    assert config.agents.defaults.max_concurrent_turns == 3
+    assert config.channels.telegram.allow_from == ["123", "alice"]
+    assert config.channels.api.keys == {"K-1": "alice", "k2": "bob"}
+    assert config.bus.lock.ttl_ms == 5000
+
+
+def test_env_beats_the_file_and_the_file_keeps_the_rest(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.json", {
+        "agents": {"defaults": {"max_tokens": 10, "model": "from-file", "temperature": 0.3}},
+        "channels": {"api": {"keys": {"k1": "alice"}, "allowFrom": ["alice"]}},
+    })
+    config = load_config(path, env={
+        "NANOBOT_AGENTS__DEFAULTS__MAXTOKENS": "42",  # the camelCase alias, upper-cased, is the same key
+        "NANOBOT_AGENTS__DEFAULTS__MODEL": "from-env",
+        "NANOBOT_CHANNELS__API__KEYS__K2": "bob",
+    })
+    d = config.agents.defaults
+    assert (d.max_tokens, d.model, d.temperature) == (42, "from-env", 0.3)
+    assert config.channels.api.keys == {"k1": "alice", "k2": "bob"} and config.channels.api.allow_from == ["alice"]
+
+
+def test_config_built_in_code_never_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NANOBOT_AGENTS__DEFAULTS__MODEL", "from-process-env")
+    monkeypatch.setenv("NANOBOT_CHANNELS__API__PORT", "1234")
+    assert Config().agents.defaults.model == "anthropic/claude-opus-4-5"
+    assert Config.model_validate({}).channels.api.port == 8900
+    assert load_config(tmp_path / "none.json", env={}) == Config()  # an explicit env is all there is
+    from_process = load_config(tmp_path / "none.json")
+    assert (from_process.agents.defaults.model, from_process.channels.api.port) == ("from-process-env", 1234)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "fragment"),
+    [
+        ("NANOBOT_AGENTS__DEFAULTS__MAX_TOKENS", "lots", "valid integer"),
+        ("NANOBOT_AGENTS__DEFAULTS__MAX_TOKENS", "-1", "greater than 0"),
+        ("NANOBOT_CHANNELS__API__ENABLED", "maybe", "valid boolean"),
+        ("NANOBOT_BUS__BACKEND", "kafka", "'local' or 'celery'"),
+        ("NANOBOT_CHANNELS__TELEGRAM__ALLOW_FROM", "alice", "not valid JSON"),
+        ("NANOBOT_CHANNELS__API__KEYS", "[1", "not valid JSON"),
+        ("NANOBOT_CHANNELS__API__KEYS", '["a"]', "valid dictionary"),
+        ("NANOBOT_CHANNELS__API", '{"port": "x"}', "valid integer"),
+    ],
+)
+def test_a_malformed_override_names_the_variable(tmp_path: Path, var: str, value: str, fragment: str) -> None:
+    path = write(tmp_path / "c.json", {"agents": {"defaults": {"maxTokens": 10}}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={var: value, "NANOBOT_AGENTS__DEFAULTS__MODEL": "fine"})
+    text = str(info.value)
+    assert f"environment variable {var}" in text and fragment in text, text
+    assert "NANOBOT_AGENTS__DEFAULTS__MODEL" not in text
+
+
+def test_a_malformed_file_value_is_not_blamed_on_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.json", {"agents": {"defaults": {"maxTokens": "lots"}}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"NANOBOT_AGENTS__DEFAULTS__MODEL": "fine"})
+    assert "agents.defaults.maxTokens: Input should be a valid integer" in str(info.value)
+    assert "environment" not in str(info.value)
+
+
+def test_two_variables_for_one_key_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NANOBOT_AGENTS__DEFAULTS__MAXTOKENS and NANOBOT_AGENTS__DEFAULTS__MAX_T"):
+        load_config(tmp_path / "none.json", env={"NANOBOT_AGENTS__DEFAULTS__MAX_TOKENS": "1",
+                                                 "NANOBOT_AGENTS__DEFAULTS__MAXTOKENS": "2"})
+    with pytest.raises(ConfigError, match=r"set the same key channels\.api\.port"):
+        load_config(tmp_path / "none.json", env={"NANOBOT_CHANNELS__API": '{"port": 1}',
+                                                 "NANOBOT_CHANNELS__API__PORT": "2"})
+    api = load_config(tmp_path / "none.json", env={"NANOBOT_CHANNELS__API": '{"port": 1}',
+                                                   "NANOBOT_CHANNELS__API__HOST": "0.0.0.0"}).channels.api
+    assert (api.port, api.host) == (1, "0.0.0.0")
+
+
+def test_unknown_variables_are_named_in_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    env = {
+        "NANOBOT_AGENTS__DEFAULTS__MODELL": "typo-secret-value",
+        "NANOBOT_NOPE": "x",
+        "NANOBOT_CONFIG": "/ignored",
+        "NANOBOT_LOG_LEVEL": "DEBUG",
+        "NANOBOT_LOG_FORMAT": "json",
+        "OTHER_VAR": "x",
+        "NANOBOT_AGENTS__DEFAULTS__MODEL": "set",
+    }
+    with caplog.at_level(logging.WARNING, logger="nanobot.config.loader"):
+        config = load_config(tmp_path / "none.json", env=env)
+    assert config.agents.defaults.model == "set"
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "NANOBOT_AGENTS__DEFAULTS__MODELL" in warning and "NANOBOT_NOPE" in warning
+    assert "typo-secret-value" not in warning and "NANOBOT_CONFIG" not in warning and "LOG_" not in warning
+
+
+def test_apply_env_overrides_reports_unknown_variables_in_raw() -> None:
+    raw: dict = {"agents": {"defaults": {"max_tokens": 5}}}
+    unknown = apply_env_overrides(raw, {"NANOBOT_AGENTS__DEFAULTS__MAX_TOKENS": "7", "NANOBOT_FOO__BAR": "x"})
+    assert unknown == ["NANOBOT_FOO__BAR"]
+    assert raw == {"agents": {"defaults": {"maxTokens": "7"}}, "foo": {"bar": "x"}}
+    assert unknown_keys(Config, raw) == ["foo"]
+
+
+def test_only_prefixed_variables_are_read(tmp_path: Path) -> None:
+    env = {"AGENTS__DEFAULTS__MODEL": "leak", "CHANNELS__API__PORT": "1", "agents": '{"defaults": {"model": "x"}}'}
+    assert load_config(tmp_path / "none.json", env=env) == Config()
+
+
+def test_messages_never_show_a_dict_key_from_a_variable_name(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A client's API key can be a variable's last segment (NANOBOT_CHANNELS__API__KEYS__<key>=client)."""
+    secret = "SKSECRET123"
+    cases = [
+        {"NANOBOT_CHANNELS__API__KEYS": f'{{"{secret}": [1]}}'},
+        {"NANOBOT_CHANNELS__API__KEYS": f'{{"{secret.lower()}": "a"}}', f"NANOBOT_CHANNELS__API__KEYS__{secret}": "b"},
+    ]
+    for env in cases:
+        with pytest.raises(ConfigError) as info:
+            load_config(tmp_path / "none.json", env=env)
+        assert "NANOBOT_CHANNELS__API__KEYS" in str(info.value) and "<key>" in str(info.value)
+        assert secret.lower() not in str(info.value).lower()
+    with caplog.at_level(logging.WARNING, logger="nanobot.config.loader"):
+        load_config(tmp_path / "none.json", env={f"NANOBOT_CHANNELS__APIX__KEYS__{secret}": "alice"})
+    assert "NANOBOT_CHANNELS__APIX__…" in caplog.text and secret not in caplog.text

@@ -11,8 +11,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nanobot.cron import CronJob, CronSchedule, CronService, next_run_ms, validate_schedule
-from nanobot.cron.types import store_from_dict
+from nanobot.cron import CronJob, CronJobState, CronSchedule, CronService, next_run_ms, validate_schedule
+from nanobot.cron.types import CronRecordError, store_from_dict, store_to_dict
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Written by our previous (dataclass) code through CronService: every kind of schedule, a run that succeeded
+# with a reply, a run that failed, a disabled job, an `at` job to be deleted after its run.
+OUR_PREVIOUS_STORE = FIXTURES / "cron_jobs_written_by_0_1.json"
+# As upstream nanobot 0.3.x writes it: no `lastReply`, a `runHistory` we do not keep, no trailing newline.
+UPSTREAM_STORE = FIXTURES / "cron_jobs_upstream_0_3.json"
 
 
 def _ms(dt: datetime) -> int:
@@ -92,7 +99,7 @@ def test_cron_default_is_local_time() -> None:
         (CronSchedule(kind="every", every_ms=-5), "positive"),
         (CronSchedule(kind="every"), "every_ms"),
         (CronSchedule(kind="at"), "at_ms"),
-        (CronSchedule(kind="weekly"), "unknown schedule kind"),  # type: ignore[arg-type]
+        (CronSchedule.model_construct(kind="weekly"), "unknown schedule kind"),  # type: ignore[arg-type]
     ],
 )
 def test_validate_schedule_errors(schedule: CronSchedule, fragment: str) -> None:
@@ -160,14 +167,17 @@ def test_job_dict_roundtrip_and_camel_case_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mutate", "fragment"),
     [
-        (lambda d: d.pop("id"), "'id'"),
-        (lambda d: d.pop("schedule"), "missing 'schedule'"),
-        (lambda d: d["schedule"].update(kind="hourly"), "'kind'"),
-        (lambda d: d["schedule"].update(everyMs="often"), "'everyMs' must be an integer"),
-        (lambda d: d["payload"].update(kind="shell"), "unsupported payload kind"),
-        (lambda d: d["payload"].pop("message"), "'message'"),
-        (lambda d: d.update(enabled="yes"), "'enabled'"),
-        (lambda d: d["state"].update(lastStatus="maybe"), "'lastStatus'"),
+        (lambda d: d.pop("id"), r"^job: id: Field required"),
+        (lambda d: d.update(id=""), r"^job: id: String should have at least 1 character"),
+        (lambda d: d.pop("schedule"), r"^job 'abcd1234': schedule: Field required"),
+        (lambda d: d["schedule"].update(kind="hourly"), r"^job 'abcd1234': schedule.kind: Input should be 'at'"),
+        (lambda d: d["schedule"].update(everyMs="often"), r"schedule.everyMs: Input should be a valid integer"),
+        (lambda d: d["schedule"].update(everyMs=1.5), r"schedule.everyMs: Input should be a valid integer"),
+        (lambda d: d["payload"].update(kind="shell"), r"payload.kind: Input should be 'agent_turn' \(got 'shell'\)"),
+        (lambda d: d["payload"].pop("message"), r"payload.message: Field required"),
+        (lambda d: d.update(enabled="yes"), r"enabled: Input should be a valid boolean \(got 'yes'\)"),
+        (lambda d: d["state"].update(lastStatus="maybe"), r"state.lastStatus: Input should be 'ok' or 'error'"),
+        (lambda d: d.update(createdAtMs="1"), r"createdAtMs: Input should be a valid integer"),
     ],
 )
 def test_from_dict_rejects_malformed_job(mutate: Callable[[dict], object], fragment: str) -> None:
@@ -186,6 +196,17 @@ def test_from_dict_rejects_malformed_job(mutate: Callable[[dict], object], fragm
     mutate(raw)
     with pytest.raises(ValueError, match=fragment):
         CronJob.from_dict(raw)
+
+
+def test_nulls_mean_defaults_and_unknown_keys_are_ignored() -> None:
+    job = CronJob.from_dict({
+        "id": "j1", "name": None, "enabled": None, "state": None, "createdAtMs": None, "deleteAfterRun": None,
+        "schedule": {"kind": "every", "everyMs": 5, "atMs": None}, "payload": {"message": "x", "deliver": None},
+        "runHistory": [], "futureKey": 1,
+    })
+    assert (job.name, job.enabled, job.created_at_ms, job.delete_after_run) == ("", True, 0, False)
+    assert job.state == CronJobState() and job.payload.deliver is False and job.payload.kind == "agent_turn"
+    assert "runHistory" not in job.to_dict() and "futureKey" not in job.to_dict()
 
 
 def test_store_rejects_bad_version_and_duplicates() -> None:
@@ -499,3 +520,103 @@ def test_corrupt_store_with_bad_job_at_start(tmp_path: Path, caplog: pytest.LogC
     assert store.read_text() == original
     assert any(str(store) in r.getMessage() for r in caplog.records)
     assert not list(tmp_path.glob("jobs.json.corrupt-*"))
+
+
+def test_bad_kind_is_refused_when_built() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        CronSchedule(kind="weekly")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# existing stores
+# ---------------------------------------------------------------------------
+
+
+def test_store_written_by_our_previous_code_loads_and_is_rewritten_byte_for_byte() -> None:
+    text = OUR_PREVIOUS_STORE.read_text(encoding="utf-8")
+    jobs = store_from_dict(json.loads(text))
+    assert [j.name for j in jobs] == ["standup", "water", "once", "fails", "paused"]
+    assert json.dumps(store_to_dict(jobs), indent=2, ensure_ascii=False) + "\n" == text
+
+
+def test_store_written_by_our_previous_code_loads_in_the_service(tmp_path: Path) -> None:
+    store = tmp_path / "jobs.json"
+    store.write_bytes(OUR_PREVIOUS_STORE.read_bytes())
+    jobs = {j.name: j for j in CronService(store).list_jobs(include_disabled=True)}
+    assert set(jobs) == {"standup", "water", "once", "fails", "paused"}
+    standup, water, once, fails, paused = (jobs[n] for n in ("standup", "water", "once", "fails", "paused"))
+    assert (standup.schedule.expr, standup.schedule.tz) == ("0 9 * * 1-5", "Europe/Paris")
+    assert (standup.payload.deliver, standup.payload.channel, standup.payload.to) == (True, "telegram", "42")
+    assert water.schedule.every_ms == 3_600_000 and water.state.last_status == "ok"
+    assert water.state.last_reply == "Done: watered the plants ✔"
+    assert once.schedule.at_ms == 4_102_444_800_000 and once.delete_after_run
+    assert (fails.state.last_status, fails.state.last_error) == ("error", "RuntimeError: boom")
+    assert not paused.enabled and paused.state.next_run_at_ms is None
+    assert store.read_bytes() == OUR_PREVIOUS_STORE.read_bytes()  # reading never rewrites
+
+
+def test_store_written_by_upstream_loads_and_survives_a_write(tmp_path: Path) -> None:
+    store = tmp_path / "jobs.json"
+    store.write_bytes(UPSTREAM_STORE.read_bytes())
+    svc = CronService(store)
+    before = {j.id: j for j in svc.list_jobs(include_disabled=True)}
+    assert set(before) == {"3f2a9c1e", "b7e41d02"}
+    briefing = before["3f2a9c1e"]
+    assert (briefing.schedule.kind, briefing.schedule.expr, briefing.schedule.tz) == ("cron", "0 8 * * *",
+                                                                                      "Asia/Shanghai")
+    assert briefing.payload.to == "123456789" and briefing.state.last_run_at_ms == 1767139200000
+    assert briefing.state.last_reply is None and not before["b7e41d02"].enabled
+
+    svc.enable_job("b7e41d02")
+    after = {j.id: j for j in CronService(store).list_jobs(include_disabled=True)}
+    assert after["3f2a9c1e"] == briefing and after["b7e41d02"].enabled
+    written = json.loads(store.read_text())
+    assert written["version"] == 1 and "lastReply" in written["jobs"][0]["state"]
+
+
+def test_one_bad_job_does_not_lose_the_others(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = tmp_path / "jobs.json"
+    good = json.loads(UPSTREAM_STORE.read_text())["jobs"][0]
+    bad_key = {**good, "id": "badkey01", "enabled": "sometimes"}
+    bad_schedule = {**good, "id": "badcron1", "schedule": {"kind": "cron", "expr": "0 25 * * *"}}
+    duplicate = {**good, "name": "a second job with the first one's id"}
+    store.write_text(json.dumps({"version": 1, "jobs": [good, bad_key, bad_schedule, duplicate, 42]}))
+
+    svc = CronService(store)
+    with caplog.at_level(logging.ERROR, logger="nanobot.cron.service"):
+        assert [j.id for j in svc.list_jobs(include_disabled=True)] == [good["id"]]
+    errors = [r.getMessage() for r in caplog.records]
+    assert any(str(store) in e and "job 'badkey01': enabled: Input should be a valid boolean" in e for e in errors)
+    assert any("job 'badcron1': schedule: invalid cron expression" in e for e in errors)
+    assert any(f"job {good['id']!r}: duplicate id" in e for e in errors)
+    assert any("jobs[4]: (record): Input should be a valid dictionary" in e for e in errors)
+
+    added = svc.add_job("new", CronSchedule(kind="every", every_ms=60_000), "still works")
+    assert not list(tmp_path.glob("jobs.json.corrupt-*"))
+    kept = json.loads(store.read_text())["jobs"]
+    assert [j.get("id") if isinstance(j, dict) else j for j in kept] == [good["id"], added.id, "badkey01",
+                                                                         "badcron1", good["id"], 42]
+    assert kept[2:] == [bad_key, bad_schedule, duplicate, 42]  # unchanged, for the operator to fix
+    assert {j.id for j in CronService(store).list_jobs()} == {good["id"], added.id}
+
+    assert svc.remove_job("badkey01") is True  # a rejected record can be removed by its id
+    assert "badkey01" not in store.read_text() and "badcron1" in store.read_text()
+
+
+def test_whole_store_errors_name_the_problem() -> None:
+    for data, fragment in [([], "expected an object"), ({"version": 2}, "unsupported version"),
+                           ({"jobs": {}}, "'jobs' must be a list")]:
+        with pytest.raises(CronRecordError, match=fragment):
+            store_from_dict(data)
+
+
+def test_cron_tool_reports_a_refused_schedule_as_an_error(tmp_path: Path) -> None:
+    from nanobot.agent.tools.cron import CronTool
+
+    tool = CronTool(CronService(tmp_path / "jobs.json"))
+    bad_expr = asyncio.run(tool.execute(action="add", message="x", cron_expr="0 25 * * *"))
+    bad_zone = asyncio.run(tool.execute(action="add", message="x", cron_expr="0 9 * * *", tz="Mars/Olympus"))
+    assert bad_expr.startswith("Error: invalid cron expression '0 25 * * *'")
+    assert bad_zone.startswith("Error: unknown timezone 'Mars/Olympus'")
+    assert not (tmp_path / "jobs.json").exists()
+    assert asyncio.run(tool.execute(action="add", message="x", every_seconds=60)).startswith("Scheduled job ")

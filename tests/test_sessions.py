@@ -128,3 +128,33 @@ def test_list_sessions_and_malformed_lines_are_kept_aside(tmp_path: Path) -> Non
     fresh = SessionManager(tmp_path)
     assert [m["content"] for m in fresh.get_or_create("cli:direct").messages] == ["cli:direct"]
     assert list((tmp_path / "sessions").glob("cli_direct.jsonl.malformed-*"))
+
+
+def test_every_session_key_has_its_own_file(tmp_path: Path) -> None:
+    """Keys that older versions mapped to one file (`api:a/b`, `api:a_b`, `api:a:b`) never share one now."""
+    from nanobot.session.manager import session_filename
+
+    keys = ["api:a/b", "api:a_b", "api:a:b", "api_a:b", "api:a%2Fb", "api:a\\b", "telegram:1", "telegram_1", "x" * 300]
+    assert len({session_filename(k) for k in keys}) == len(keys)
+    assert session_filename("telegram:123") == "telegram_123.jsonl"  # upstream's name for plain keys
+    assert all(len(session_filename(k).encode()) <= 255 for k in keys)
+    manager = SessionManager(tmp_path)
+    for key in keys:
+        session = manager.get_or_create(key)
+        session.add_message("user", f"said in {key}")
+        manager.save(session)
+    fresh = SessionManager(tmp_path)
+    for key in keys:
+        assert [m["content"] for m in fresh.get_or_create(key).messages] == [f"said in {key}"]
+    assert {s["key"] for s in fresh.list_sessions()} == set(keys)
+
+
+def test_file_named_by_an_older_version_is_adopted_only_by_its_own_key(tmp_path: Path) -> None:
+    old = SessionManager(tmp_path)
+    session = Session(key="api:user_1")
+    session.add_message("user", "from before the upgrade")
+    (tmp_path / "sessions" / "api_user_1.jsonl").write_text(session.to_jsonl())
+    # Another key that older versions mapped to the same file does not get it.
+    assert SessionManager(tmp_path).get_or_create("api:user/1").messages == []
+    assert [m["content"] for m in old.get_or_create("api:user_1").messages] == ["from before the upgrade"]
+    assert not (tmp_path / "sessions" / "api_user_1.jsonl").exists()

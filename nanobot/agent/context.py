@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nanobot.agent.memory import MemoryStore
 from nanobot.agent.skills import SkillsLoader
@@ -14,12 +14,18 @@ BOOTSTRAP_FILES = ("AGENTS.md", "SOUL.md", "USER.md", "TOOLS.md", "IDENTITY.md")
 
 
 class ContextBuilder:
-    def __init__(self, workspace: Path) -> None:
+    def __init__(self, workspace: Path, memory_scope: Literal["shared", "conversation"] = "shared") -> None:
         self.workspace = Path(workspace)
-        self.memory = MemoryStore(self.workspace)
+        self.memory_scope = memory_scope
         self.skills = SkillsLoader(self.workspace)
 
-    def build_system_prompt(self) -> str:
+    def memory_for(self, session_key: str) -> MemoryStore:
+        """The memory a conversation reads and consolidates into (its own one when memory is per conversation)."""
+        if self.memory_scope == "conversation":
+            return MemoryStore.for_conversation(self.workspace, session_key)
+        return MemoryStore(self.workspace)
+
+    def build_system_prompt(self, session_key: str = "") -> str:
         parts = [self._identity()]
         for name in BOOTSTRAP_FILES:
             path = self.workspace / name
@@ -27,7 +33,7 @@ class ContextBuilder:
                 text = path.read_text(encoding="utf-8").strip()
                 if text:
                     parts.append(f"## {name}\n{text}")
-        for block in (self.memory.context_block(), self.skills.summary()):
+        for block in (self.memory_for(session_key).context_block(), self.skills.summary()):
             if block:
                 parts.append(block)
         return "\n\n---\n\n".join(parts)
@@ -38,12 +44,17 @@ class ContextBuilder:
             "You are nanobot, a helpful personal AI assistant. You can read, write and edit files, run "
             "shell commands, search and fetch the web, send messages, schedule tasks and spawn "
             "background subagents, through your tools.\n"
-            f"Workspace: {self.workspace.resolve()} (memory in memory/MEMORY.md, history log in "
-            f"memory/HISTORY.md, skills in skills/). Runtime: {platform.system()} {platform.machine()}, "
+            f"Workspace: {self.workspace.resolve()} ({self._memory_note()}, skills in skills/). "
+            f"Runtime: {platform.system()} {platform.machine()}, "
             f"Python {platform.python_version()}.\n"
             "Reply directly with text for the current conversation; use the message tool only to reach "
             "another chat. Be concise."
         )
+
+    def _memory_note(self) -> str:
+        if self.memory_scope == "conversation":
+            return "long-term memory of this conversation shown below, kept for you automatically"
+        return "memory in memory/MEMORY.md, history log in memory/HISTORY.md"
 
     @staticmethod
     def runtime_context(channel: str, chat_id: str) -> str:
@@ -61,8 +72,9 @@ class ContextBuilder:
         channel: str,
         chat_id: str,
         media: list[str] | None = None,
+        session_key: str = "",
     ) -> list[dict[str, Any]]:
-        system = self.build_system_prompt() + "\n\n---\n\n" + self.runtime_context(channel, chat_id)
+        system = self.build_system_prompt(session_key) + "\n\n---\n\n" + self.runtime_context(channel, chat_id)
         user: dict[str, Any] = {"role": "user", "content": current_message}
         if media:
             user["content"] = current_message + "\n\n[attached: " + ", ".join(media) + "]"

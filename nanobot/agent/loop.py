@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from nanobot.agent.context import ContextBuilder
 from nanobot.agent.runner import ProgressCallback, run_tool_loop
@@ -57,6 +57,7 @@ class AgentLoop:
         temperature: float = 0.1,
         max_tokens: int = 8192,
         memory_window: int = 100,
+        memory_scope: Literal["shared", "conversation"] = "shared",
         tools_config: ToolsConfig | None = None,
         cron_service: CronService | None = None,
         sessions: SessionStore | None = None,
@@ -74,7 +75,7 @@ class AgentLoop:
         self.max_tokens = max_tokens
         self.memory_window = memory_window
         self.tools_config = tools_config or ToolsConfig()
-        self.context = ContextBuilder(self.workspace)
+        self.context = ContextBuilder(self.workspace, memory_scope)
         self.sessions: SessionStore = sessions or SessionManager(self.workspace)
         self.locks = locks or LocalConversationLockManager()
         # With several processes sharing history, re-read it under the lock on every turn.
@@ -97,6 +98,7 @@ class AgentLoop:
             temperature=d.temperature,
             max_tokens=d.max_tokens,
             memory_window=d.memory_window,
+            memory_scope=config.memory_scope,
             tools_config=config.tools,
             **kwargs,
         )
@@ -227,7 +229,7 @@ class AgentLoop:
         token = current_turn.set(turn)
         try:
             messages = self.context.build_messages(
-                session.get_history(self.memory_window), msg.content, channel, chat_id, msg.media
+                session.get_history(self.memory_window), msg.content, channel, chat_id, msg.media, session_key=key
             )
             result = await run_tool_loop(
                 self.provider,
@@ -276,7 +278,7 @@ class AgentLoop:
         self.sessions.save(session, fence=lease.fence if lease is not None and lease.token else None)
 
     async def _start_new_session(self, session: Session, lease: LockLease | None) -> str:
-        ok = await self.context.memory.consolidate(
+        ok = await self.context.memory_for(session.key).consolidate(
             session, self.provider, self.model, keep_last=0, archive_all=True
         )
         if not ok:
@@ -289,7 +291,7 @@ class AgentLoop:
         if len(session.messages) - session.last_consolidated < self.memory_window:
             return
         try:
-            await self.context.memory.consolidate(
+            await self.context.memory_for(session.key).consolidate(
                 session, self.provider, self.model, keep_last=self.memory_window // 2
             )
         except Exception:

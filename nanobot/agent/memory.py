@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nanobot.providers.base import LLMProvider
-from nanobot.session.manager import Session
+from nanobot.session.manager import Session, session_stem
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,22 @@ Excerpt:
 Call save_memory with a one-paragraph history_entry and the full updated memory_update."""
 
 
+CONVERSATIONS_DIR = "conversations"  # under memory/: one folder per conversation when memory is per conversation
+
+
 class MemoryStore:
-    def __init__(self, workspace: Path) -> None:
-        self.dir = Path(workspace) / "memory"
+    """MEMORY.md and HISTORY.md in one folder: `memory/` (shared by every conversation), or
+    `memory/conversations/<session>/` (see `for_conversation`)."""
+
+    def __init__(self, workspace: Path, folder: Path | None = None) -> None:
+        self.dir = folder or Path(workspace) / "memory"
         self.memory_file = self.dir / "MEMORY.md"
         self.history_file = self.dir / "HISTORY.md"
+
+    @classmethod
+    def for_conversation(cls, workspace: Path, session_key: str) -> MemoryStore:
+        """The memory of one conversation only (the folder name is unique per session key)."""
+        return cls(workspace, Path(workspace) / "memory" / CONVERSATIONS_DIR / session_stem(session_key))
 
     def read_long_term(self) -> str:
         return self.memory_file.read_text(encoding="utf-8") if self.memory_file.exists() else ""

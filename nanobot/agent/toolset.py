@@ -1,11 +1,17 @@
-"""Which tools an agent gets: the workspace tools for every agent, plus the conversation tools."""
+"""Which tools an agent gets: the workspace tools for every agent, plus the conversation tools.
+
+`tools.file.enable`, `tools.exec.enable` and `tools.web.enable` leave a family out. The exec sandbox is
+chosen here from `tools.exec.sandbox`; "" means none (distributed mode turns "" into a concrete choice
+before the agent is built, see nanobot_celery/sandbox_default.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from nanobot.agent.tools.filesystem import EditFileTool, ListDirTool, ReadFileTool, WriteFileTool
+from nanobot.agent.tools.protected_paths import instruction_paths
 from nanobot.agent.tools.registry import ToolRegistry
+from nanobot.agent.tools.sandbox import choose_sandbox
 from nanobot.agent.tools.shell import ExecTool
 from nanobot.agent.tools.web import WebFetchTool, WebSearchTool
 from nanobot.config.schema import ToolsConfig
@@ -14,12 +20,38 @@ from nanobot.config.schema import ToolsConfig
 def workspace_tools(workspace: Path, config: ToolsConfig) -> ToolRegistry:
     """Files, shell and web: what both the main agent and its subagents may use."""
     allowed = workspace if config.restrict_to_workspace else None
+    read_only = bool(config.read_only_instructions)
     registry = ToolRegistry()
-    for tool_cls in (ReadFileTool, WriteFileTool, EditFileTool, ListDirTool):
-        registry.register(tool_cls(workspace, allowed_dir=allowed))
-    registry.register(
-        ExecTool(workspace, timeout_s=config.exec.timeout, restrict_to_workspace=config.restrict_to_workspace)
-    )
-    registry.register(WebSearchTool(api_key=config.web.search.api_key, max_results=config.web.search.max_results))
-    registry.register(WebFetchTool())
+    if config.file.enable:
+        for tool_cls in (ReadFileTool, WriteFileTool, EditFileTool, ListDirTool):
+            registry.register(tool_cls(workspace, allowed_dir=allowed, read_only_instructions=read_only))
+    if config.exec.enable:
+        sandbox = choose_sandbox(config.exec.sandbox, prefer_bwrap=False)
+        registry.register(
+            ExecTool.from_config(
+                workspace,
+                config.exec,
+                sandbox=sandbox,
+                restrict_to_workspace=config.restrict_to_workspace,
+                read_only_paths=instruction_paths(workspace) if read_only else (),
+            )
+        )
+    if config.web.enable:
+        registry.register(
+            WebSearchTool(
+                api_key=config.web.search.api_key,
+                max_results=config.web.search.max_results,
+                proxy=config.web.proxy,
+                ssrf_whitelist=config.ssrf_whitelist,
+            )
+        )
+        registry.register(
+            WebFetchTool(
+                timeout_s=config.web.fetch.timeout_s,
+                max_bytes=config.web.fetch.max_bytes,
+                max_redirects=config.web.fetch.max_redirects,
+                proxy=config.web.proxy,
+                ssrf_whitelist=config.ssrf_whitelist,
+            )
+        )
     return registry

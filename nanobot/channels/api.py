@@ -10,8 +10,22 @@ Endpoints (aiohttp): `POST /v1/chat/completions` (optionally streamed as Server-
 `maxConnections` requests are served at once; more get 503 at once. A client that disconnects cancels
 its request's wait (`handler_cancellation`).
 
-Request extensions to OpenAI's format: `session_id` (the chat id; the session is `api:<session_id>`,
-default chat id "default") and `user` (the sender id checked against allowFrom, default "api").
+Clients and keys: each key in `keys` (key -> client name) authenticates one client; the single `apiKey` is
+the client named "api". Keys are compared in constant time (SHA-256 digests, every configured key each time).
+With no key at all every request is the anonymous client "api", and the channel refuses to start on a host
+that is not loopback (`binding_refusal`).
+
+Request extensions to OpenAI's format: `session_id` (default "default"; it must not contain `/`) and `user`.
+The chat id is `<client>/<session_id>`, so a client reaches only its own conversations whatever session_id it
+sends; the client named "api" keeps `<session_id>` as chat id, as before there were several keys, so existing
+conversations (session `api:<session_id>`) carry on (only a session_id with `/` is now refused). The inbound
+sender is the authenticated client name: allowFrom lists client names. `user` is whatever the client says: it
+is kept as `metadata["api_user"]` and is never used to authorize anything.
+
+Failed authentications are counted per client address (`request.remote`; behind a reverse proxy that is the
+proxy): once an address has `authFailuresPerMinute` of them within a sliding minute, it gets 429 with
+Retry-After, without its key even being checked, until the oldest leaves the window. Logs name clients,
+sessions and message ids, never a key.
 """
 
 from __future__ import annotations
@@ -19,11 +33,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import math
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,14 +56,19 @@ log = logging.getLogger(__name__)
 
 MODEL_ID = "nanobot"
 DEFAULT_CHAT_ID = "default"
-DEFAULT_SENDER = "api"
+# The single `apiKey`'s client, and everyone when no key is configured; its chat ids are not namespaced.
+LEGACY_CLIENT = "api"
 MAX_ID_LENGTH = 256
+AUTH_WINDOW_S = 60.0
+AUTH_TRACKED_ADDRESSES = 10_000  # addresses whose failures are remembered (least recently failed go first)
 # A comment line sent on an idle stream so proxies and clients do not give up on it.
 SSE_KEEPALIVE_S = 15.0
 # Streamed progress messages are whole messages; this keeps them apart from what follows.
 PROGRESS_SEPARATOR = "\n\n"
 
 _EventKind = Literal["progress", "final", "closed"]
+# The authenticated client's name, set by the auth middleware for the handler it calls (same task).
+_CLIENT: ContextVar[str] = ContextVar("api_client")
 
 
 class ApiError(Exception):
@@ -86,6 +108,118 @@ def sse_event(data: str | dict[str, Any] | list[Any]) -> bytes:
     return ("\n".join(f"data: {line}" for line in text.split("\n")) + "\n\n").encode("utf-8")
 
 
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1: only this machine can connect."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def binding_refusal(config: ApiChannelConfig) -> str | None:
+    """Why the channel must not start with this config (one line), or None: without any key it would serve
+    everyone who can reach a host that is not loopback."""
+    if config.api_key or config.keys or is_loopback_host(config.host):
+        return None
+    return (
+        f"refusing to serve the API channel on channels.api.host = {config.host!r} without a key:"
+        " set channels.api.apiKey or channels.api.keys, or listen on 127.0.0.1"
+    )
+
+
+class UnsafeBindError(RuntimeError):
+    """The channel was asked to listen beyond loopback with no key configured."""
+
+
+class ClientKeys:
+    """The configured keys and the client each one authenticates; looking a key up takes the same time
+    whichever key (if any) it is."""
+
+    def __init__(self, config: ApiChannelConfig) -> None:
+        table = dict(config.keys)
+        if config.api_key:
+            table[config.api_key] = LEGACY_CLIENT
+        self._digests = [(self._digest(key), client) for key, client in table.items()]
+
+    @property
+    def required(self) -> bool:
+        """False when no key is configured: every request is the anonymous client "api"."""
+        return bool(self._digests)
+
+    @property
+    def clients(self) -> set[str]:
+        return {client for _, client in self._digests}
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.sha256(key.encode("utf-8")).digest()
+
+    def client_for(self, supplied: str) -> str | None:
+        """The client whose key this is, or None. Every digest is compared, with no early exit."""
+        digest = self._digest(supplied)
+        found: str | None = None
+        for known, client in self._digests:
+            if hmac.compare_digest(digest, known):
+                found = client
+        return found
+
+
+class AuthFailureThrottle:
+    """Failed authentications per address in a sliding window; an address with `limit` of them in the window
+    is throttled until the oldest leaves it. At most `max_addresses` are tracked (least recently failed go)."""
+
+    def __init__(
+        self,
+        limit: int,
+        window_s: float = AUTH_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+        max_addresses: int = AUTH_TRACKED_ADDRESSES,
+    ) -> None:
+        if limit <= 0 or window_s <= 0 or max_addresses <= 0:
+            raise ValueError("limit, window_s and max_addresses must be positive")
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._max_addresses = max_addresses
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def _recent(self, address: str, now: float) -> deque[float] | None:
+        times = self._failures.get(address)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+            return None
+        return times
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds until `address` may try again, or None when it is not throttled."""
+        now = self._clock()
+        times = self._recent(address, now)
+        if times is None or len(times) < self.limit:
+            return None
+        return times[0] + self.window_s - now
+
+    def record_failure(self, address: str) -> bool:
+        """Count one failure; True when it is the one that throttles `address`."""
+        now = self._clock()
+        times = self._recent(address, now)
+        if times is None:
+            times = self._failures[address] = deque(maxlen=self.limit)
+            while len(self._failures) > self._max_addresses:
+                self._failures.popitem(last=False)
+        self._failures.move_to_end(address)
+        times.append(now)
+        return len(times) >= self.limit
+
+
 _AIOHTTP_ERRORS = {
     404: ("unknown_url", "invalid_request_error"),
     405: ("method_not_allowed", "invalid_request_error"),
@@ -96,11 +230,17 @@ _AIOHTTP_ERRORS = {
 @dataclass
 class _ChatRequest:
     content: str
-    chat_id: str
-    sender_id: str
+    session_id: str
+    user: str | None  # what the client says; metadata only
     model: str
     stream: bool
+    client: str = LEGACY_CLIENT
     idempotency_key: str | None = None
+
+    @property
+    def chat_id(self) -> str:
+        """`<client>/<session_id>`; the legacy client "api" keeps `<session_id>` (its conversations predate keys)."""
+        return self.session_id if self.client == LEGACY_CLIENT else f"{self.client}/{self.session_id}"
 
     def message_id(self) -> str:
         """A fresh id, or one derived from the Idempotency-Key, so a retried request is the same message."""
@@ -128,9 +268,19 @@ class _Pending:
 class ApiChannel(BaseChannel):
     name = "api"
 
-    def __init__(self, config: ApiChannelConfig, bus: MessageBus) -> None:
+    def __init__(
+        self,
+        config: ApiChannelConfig,
+        bus: MessageBus,
+        *,
+        auth_window_s: float = AUTH_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`auth_window_s` and `clock` time the failed-authentication window (tests shorten it)."""
         super().__init__(config, bus)
         self.config: ApiChannelConfig = config
+        self.keys = ClientKeys(config)
+        self.auth_throttle = AuthFailureThrottle(config.auth_failures_per_minute, auth_window_s, clock)
         self.started = asyncio.Event()
         self._server: WebServer | None = None
         self._serving = 0  # requests being served now (the maxConnections cap)
@@ -150,9 +300,14 @@ class ApiChannel(BaseChannel):
         return len(self._pending)
 
     async def start(self) -> None:
-        """Listen, then wait until `stop()` is called (or this task is cancelled)."""
+        """Listen, then wait until `stop()` is called (or this task is cancelled). UnsafeBindError when the host
+        is not loopback and no key is configured."""
         if self._server is not None:
             raise RuntimeError("api channel already started")
+        refusal = binding_refusal(self.config)
+        if refusal is not None:
+            log.error("api: %s", refusal)
+            raise UnsafeBindError(refusal)
         self._stop_event.clear()
         server = WebServer(self._app(), self.config.host, self.config.port, handler_cancellation=True)
         await server.start()
@@ -160,10 +315,10 @@ class ApiChannel(BaseChannel):
         self._running = True
         self.started.set()
         log.info(
-            "api channel listening on http://%s:%d (auth %s)",
+            "api channel listening on http://%s:%d (%s)",
             self.config.host,
             server.port,
-            "on" if self.config.api_key else "off",
+            f"clients: {', '.join(sorted(self.keys.clients))}" if self.keys.required else "no key: anonymous client",
         )
         try:
             await self._stop_event.wait()
@@ -254,9 +409,13 @@ class ApiChannel(BaseChannel):
 
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.rstrip("/") != "/health":
-            self._check_auth(request)
-        return await handler(request)
+        if request.path.rstrip("/") == "/health":
+            return await handler(request)
+        token = _CLIENT.set(self._authenticate(request))
+        try:
+            return await handler(request)
+        finally:
+            _CLIENT.reset(token)
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "pending": len(self._pending)})
@@ -270,21 +429,43 @@ class ApiChannel(BaseChannel):
             raise ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
         return web.json_response(self._model_card())
 
-    def _check_auth(self, request: web.Request) -> None:
-        key = self.config.api_key
-        if not key:
-            return
+    def _authenticate(self, request: web.Request) -> str:
+        """The client name the request's key belongs to. An address with too many recent failures gets 429
+        before its key is even looked at, so guessing cannot go on."""
+        if not self.keys.required:
+            return LEGACY_CLIENT
+        address = request.remote or "unknown"
+        wait = self.auth_throttle.retry_after(address)
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            raise ApiError(
+                429,
+                f"Too many failed authentications from this address; try again in {seconds} seconds",
+                kind="rate_limit_error",
+                code="too_many_auth_failures",
+                headers={"Retry-After": str(seconds)},
+            )
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         supplied = token.strip() if scheme.lower() == "bearer" else ""
-        if not supplied or not hmac.compare_digest(supplied.encode("utf-8"), key.encode("utf-8")):
-            raise ApiError(
-                401,
-                "Missing or invalid API key; send 'Authorization: Bearer <apiKey>'",
-                kind="authentication_error",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
+        client = self.keys.client_for(supplied) if supplied else None
+        if client is not None:
+            return client
+        log.info("api: authentication failed from %s: %s %s", address, request.method, request.path)
+        if self.auth_throttle.record_failure(address):
+            log.warning(
+                "api: %s throttled after %d failed authentications within %gs",
+                address,
+                self.auth_throttle.limit,
+                self.auth_throttle.window_s,
             )
+        raise ApiError(
+            401,
+            "Missing or invalid API key; send 'Authorization: Bearer <key>'",
+            kind="authentication_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": MODEL_ID, "object": "model", "owned_by": "nanobot", "created": self._created}
@@ -293,13 +474,23 @@ class ApiChannel(BaseChannel):
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         if not self._running:
             raise self._unavailable()
+        client = _CLIENT.get()
+        if not self.is_allowed(client):
+            log.warning("api request client=%s refused: not in allowFrom", client)
+            raise self._not_allowed(client)
         parsed = self._parse_chat_request(await self._json_body(request))
+        parsed.client = client
         parsed.idempotency_key = self._idempotency_key(request)
         message_id = parsed.message_id()
         session_key = f"{self.name}:{parsed.chat_id}"
         known = self._recall(message_id)
         if known is not None:
-            log.info("api request session=%s message_id=%s answered from a previous attempt", session_key, message_id)
+            log.info(
+                "api request client=%s session=%s message_id=%s answered from a previous attempt",
+                client,
+                session_key,
+                message_id,
+            )
             return web.json_response(self._completion(message_id, parsed.model, known), dumps=_dumps)
         if message_id in self._pending:
             raise ApiError(409, "A request with this Idempotency-Key is still running", code="request_in_progress")
@@ -307,19 +498,18 @@ class ApiChannel(BaseChannel):
         pending = _Pending(message_id=message_id, session_key=session_key, stream=parsed.stream)
         self._pending[message_id] = pending
         log.info(
-            "api request session=%s message_id=%s sender=%s stream=%s",
+            "api request client=%s session=%s message_id=%s stream=%s",
+            client,
             session_key,
             message_id,
-            parsed.sender_id,
             parsed.stream,
         )
+        metadata: dict[str, Any] = {"api": {"model": parsed.model, "stream": parsed.stream}}
+        if parsed.user is not None:
+            metadata["api_user"] = parsed.user
         try:
             inbound = await self._handle_message(
-                parsed.sender_id,
-                parsed.chat_id,
-                parsed.content,
-                metadata={"api": {"model": parsed.model, "stream": parsed.stream}},
-                message_id=message_id,
+                client, parsed.chat_id, parsed.content, metadata=metadata, message_id=message_id
             )
         except Exception as exc:
             self._pending.pop(message_id, None)
@@ -329,14 +519,10 @@ class ApiChannel(BaseChannel):
             ) from exc
         if inbound is None:
             self._pending.pop(message_id, None)
-            log.info("api request session=%s message_id=%s refused: sender not allowed", session_key, message_id)
-            raise ApiError(
-                403,
-                f"Sender '{parsed.sender_id}' is not allowed to use this assistant",
-                kind="permission_error",
-                param="user",
-                code="sender_not_allowed",
+            log.info(
+                "api request client=%s session=%s message_id=%s refused: not allowed", client, session_key, message_id
             )
+            raise self._not_allowed(client)
         if not self._running:
             # stop() ran while the message was being published.
             self._pending.pop(message_id, None)
@@ -384,11 +570,19 @@ class ApiChannel(BaseChannel):
             stream = False
         elif not isinstance(stream, bool):
             raise ApiError(400, "'stream' must be a boolean", param="stream", code="invalid_type")
+        session_id = self._optional_id(body, "session_id") or DEFAULT_CHAT_ID
+        if "/" in session_id:
+            raise ApiError(
+                400,
+                "'session_id' must not contain '/' (each API client's sessions are its own)",
+                param="session_id",
+                code="invalid_session_id",
+            )
         return _ChatRequest(
             content=content,
-            chat_id=self._optional_id(body, "session_id", DEFAULT_CHAT_ID),
-            sender_id=self._optional_id(body, "user", DEFAULT_SENDER),
-            model=self._optional_id(body, "model", MODEL_ID),
+            session_id=session_id,
+            user=self._optional_id(body, "user"),
+            model=self._optional_id(body, "model") or MODEL_ID,
             stream=stream,
         )
 
@@ -439,10 +633,19 @@ class ApiChannel(BaseChannel):
         return value
 
     @staticmethod
-    def _optional_id(body: dict[str, Any], key: str, default: str) -> str:
+    def _not_allowed(client: str) -> ApiError:
+        return ApiError(
+            403,
+            f"API client '{client}' is not allowed to use this assistant",
+            kind="permission_error",
+            code="sender_not_allowed",
+        )
+
+    @staticmethod
+    def _optional_id(body: dict[str, Any], key: str) -> str | None:
         value = body.get(key)
         if value is None:
-            return default
+            return None
         if not isinstance(value, str):
             raise ApiError(400, f"'{key}' must be a string", param=key, code="invalid_type")
         if not value.strip():

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from nanobot import __logo__, __version__
@@ -57,7 +58,7 @@ def _load() -> Config:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]Error:[/red] {message}")
+    err.print(f"[red]Error:[/red] {escape(message)}")  # messages quote config values: `[...]` is not markup
     return typer.Exit(code)
 
 
@@ -94,9 +95,12 @@ def _make_agent(config: Config) -> Any:
         # Same lock and history as the workers: this turn queues behind theirs for the same session.
         import redis.asyncio as aioredis
 
+        from nanobot.bus.factory import distributed
         from nanobot.session.factory import shared_turn_options
 
         _require_redis(config)
+        # Also the workers' exec sandbox: a CLI turn in a shared deployment is confined like theirs.
+        distributed("sandbox_default").apply_sandbox_default(config)
         extra = shared_turn_options(config, aioredis.Redis.from_url(config.bus.redis_url, decode_responses=True))
     return AgentLoop.from_config(config, MessageBus(), provider, cron_service=CronService(cron_store_path()), **extra)
 
@@ -289,6 +293,24 @@ def status() -> None:
     except NoProviderError as exc:
         console.print(f"provider:  [yellow]{exc}[/yellow]")
     console.print(f"bus:       {config.bus.backend}   sessions: {config.sessions.backend}")
+    if config.bus.backend == "celery" or config.sessions.backend == "redis":
+        console.print(f"redis:     {_redis_location(config.bus.redis_url)}", markup=False, highlight=False)
+
+
+def _redis_location(url: str) -> str:
+    """Where bus.redisUrl points, never its credentials nor its query: `scheme://host:port/db`."""
+    from urllib.parse import urlsplit
+
+    invalid = "(not a valid Redis URL; URL-encode special characters in its password)"
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return invalid
+    if not parts.scheme or "@" in parts.path + parts.query + parts.fragment:
+        return invalid  # a password with an unencoded / ? or #: the URL splits inside it
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{port}{parts.path}"
 
 
 # ---------------------------------------------------------------------------- channels

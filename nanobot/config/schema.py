@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -26,6 +27,10 @@ class AgentDefaults(Base):
     temperature: float = Field(default=0.1, ge=0.0, le=2.0)
     max_tool_iterations: int = Field(default=40, gt=0)
     memory_window: int = Field(default=100, gt=0)
+    # "shared": one MEMORY.md/HISTORY.md for every conversation (upstream); "conversation": each conversation
+    # its own, so what one person said never reaches another's prompt. "" = conversation in distributed
+    # mode (many people), shared in local mode.
+    memory_scope: Literal["", "shared", "conversation"] = ""
     max_concurrent_turns: int | None = Field(default=None, gt=0)
     llm_timeout_s: float = Field(default=120.0, gt=0)
     llm_max_retries: int = Field(default=3, ge=0)
@@ -42,14 +47,50 @@ class ChannelBase(Base):
     allow_from: list[str] = Field(default_factory=list)
 
 
+API_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 class ApiChannelConfig(ChannelBase):
+    # Its errors do not echo the input (it holds keys) when validated alone; inside Config, Config's setting rules.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     host: str = "127.0.0.1"
     port: int = Field(default=8900, ge=0, le=65535)
-    api_key: str = ""
+    api_key: str = ""  # one client, named "api"; several clients: `keys`
+    # Keys per client: key -> client name. Each client's session_ids are its own (namespaced by its name);
+    # allowFrom lists client names.
+    keys: dict[str, str] = Field(default_factory=dict)
+    # Failed authentications allowed per client address per minute; beyond that 429 until the minute passes.
+    auth_failures_per_minute: int = Field(default=10, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
     # Requests served at once; more get 503 at once instead of queueing behind the agent.
     max_connections: int = Field(default=1024, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+
+    @field_validator("keys")
+    @classmethod
+    def _check_keys(cls, keys: dict[str, str]) -> dict[str, str]:
+        """Entries are named by client and position, never by key: the error may reach a log."""
+        for position, (key, client) in enumerate(keys.items(), start=1):
+            if not API_CLIENT_NAME.fullmatch(client):
+                raise ValueError(
+                    f"entry {position}: client name {client!r} must match {API_CLIENT_NAME.pattern}"
+                    " (a letter or digit, then letters, digits, '_', '.', '-'; at most 64)"
+                )
+            if not key.strip():
+                raise ValueError(f"entry {position} (client {client!r}): the key is empty")
+            if any(ch.isspace() for ch in key):
+                raise ValueError(f"entry {position} (client {client!r}): the key must not contain whitespace")
+        return keys
+
+    @model_validator(mode="after")
+    def _check_api_key_not_in_keys(self) -> ApiChannelConfig:
+        client = self.keys.get(self.api_key) if self.api_key else None
+        if client is not None and client != "api":
+            raise ValueError(
+                f"channels.api.apiKey is also the key of client {client!r} in channels.api.keys; give each one key"
+            )
+        return self
 
 
 class TelegramConfig(ChannelBase):
@@ -158,22 +199,65 @@ class GatewayConfig(Base):
 
 # ---------------------------------------------------------------- tools
 class WebSearchConfig(Base):
+    provider: str = "brave"
     api_key: str = ""
     max_results: int = Field(default=5, gt=0, le=20)
 
 
+class WebFetchConfig(Base):
+    """Our caps on what `web_fetch` reads (upstream's `useJinaReader` is accepted and not used)."""
+
+    max_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+
+
 class WebToolsConfig(Base):
+    enable: bool = True
+    proxy: str | None = None
     search: WebSearchConfig = Field(default_factory=WebSearchConfig)
+    fetch: WebFetchConfig = Field(default_factory=WebFetchConfig)
 
 
 class ExecToolConfig(Base):
+    """Upstream's keys (`enable` ... `denyPatterns`), plus the sandbox's network and the resource limits.
+
+    `sandbox`: "bwrap" runs every command under bubblewrap; "none" never; "" (upstream's default) means
+    bubblewrap in distributed mode when it is installed, none in local mode."""
+
+    enable: bool = True
     timeout: int = Field(default=60, gt=0)
+    path_prepend: str = ""
+    path_append: str = ""
+    sandbox: Literal["", "bwrap", "none"] = ""
+    sandbox_ro_binds: list[str] = Field(default_factory=list)
+    sandbox_rw_binds: list[str] = Field(default_factory=list)
+    sandbox_network: bool = False
+    allowed_env_keys: list[str] = Field(default_factory=list)
+    allow_patterns: list[str] = Field(default_factory=list)
+    deny_patterns: list[str] = Field(default_factory=list)
+    max_output_chars: int = Field(default=10_000, gt=0)
+    cpu_seconds: int = Field(default=60, gt=0)
+    memory_mb: int = Field(default=1024, gt=0)
+    file_size_mb: int = Field(default=100, gt=0)
+    max_processes: int = Field(default=64, gt=0)
+
+
+class FileToolsConfig(Base):
+    enable: bool = True
 
 
 class ToolsConfig(Base):
     web: WebToolsConfig = Field(default_factory=WebToolsConfig)
     exec: ExecToolConfig = Field(default_factory=ExecToolConfig)
+    file: FileToolsConfig = Field(default_factory=FileToolsConfig)
     restrict_to_workspace: bool = False
+    # Addresses web_fetch may reach although they are loopback, private, link-local or metadata: CIDR ranges.
+    ssrf_whitelist: list[str] = Field(default_factory=list)
+    # The operator's instructions in the workspace (AGENTS.md, SOUL.md, USER.md, TOOLS.md, IDENTITY.md,
+    # HEARTBEAT.md, skills/): readable by tools, never changed by them, so one end user cannot rewrite what
+    # every other user's agent is told. Unset: on in distributed mode (many people), off in local mode.
+    read_only_instructions: bool | None = None
 
 
 # ---------------------------------------------------------------- bus and sessions
@@ -223,6 +307,21 @@ class Config(Base):
     @property
     def workspace_path(self) -> Path:
         return Path(self.agents.defaults.workspace).expanduser()
+
+    @model_validator(mode="after")
+    def _mode_defaults(self) -> Config:
+        """Defaults that depend on the mode: a distributed deployment serves many people."""
+        if self.tools.read_only_instructions is None:
+            self.tools.read_only_instructions = self.bus.backend == "celery"
+        return self
+
+    @property
+    def memory_scope(self) -> Literal["shared", "conversation"]:
+        """`agents.defaults.memoryScope`, its default decided by the bus: many people share a distributed one."""
+        scope = self.agents.defaults.memory_scope
+        if scope:
+            return scope
+        return "conversation" if self.bus.backend == "celery" else "shared"
 
     def to_json_dict(self) -> dict:
         """The config as it is written to config.json (camelCase)."""

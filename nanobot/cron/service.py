@@ -13,6 +13,11 @@ once a second, so edits from another process are picked up without a restart.
 Read-modify-write cycles hold an advisory lock on ``<store>.lock`` (POSIX only)
 so that the two processes cannot overwrite each other's changes. Writes are
 atomic (temporary file in the same directory, then ``os.replace``).
+
+A record that is not a usable job (a bad key, a bad schedule, a duplicate id) is
+logged, never run, and written back unchanged; the other jobs work. A file that
+is not a store at all is left untouched until the first write, which moves it
+aside to ``<store>.corrupt-<timestamp>``.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from nanobot.cron.types import (
     CronJobState,
     CronPayload,
     CronSchedule,
+    RejectedJob,
     RunStatus,
-    store_from_dict,
+    parse_store,
     store_to_dict,
 )
 
@@ -60,6 +66,14 @@ _Signature = tuple[int, int, int]  # (inode, mtime_ns, size)
 def now_ms() -> int:
     """Current wall-clock time in epoch milliseconds."""
     return int(time.time() * 1000)
+
+
+def validate_schedule_of(job: CronJob) -> None:
+    """ValueError naming the job when its schedule cannot be used."""
+    try:
+        validate_schedule(job.schedule)
+    except ValueError as exc:
+        raise ValueError(f"job {job.id!r}: schedule: {exc}") from None
 
 
 def _truncate(text: str, limit: int = MAX_REPLY_CHARS) -> str:
@@ -96,6 +110,7 @@ class CronService:
         self.store_path = Path(store_path).expanduser()
         self.on_job = on_job
         self._jobs: dict[str, CronJob] = {}
+        self._rejected: list[RejectedJob] = []
         self._loaded = False
         self._signature: _Signature | None = None
         self._store_corrupt = False
@@ -174,11 +189,13 @@ class CronService:
         return copy.deepcopy(job)
 
     def remove_job(self, job_id: str) -> bool:
-        """Delete a job; False if it did not exist."""
+        """Delete a job (or a rejected record with that id); False if there was none."""
         with self._locked():
             self._refresh()
-            if self._jobs.pop(job_id, None) is None:
+            rejected = [r for r in self._rejected if r.id != job_id]
+            if self._jobs.pop(job_id, None) is None and len(rejected) == len(self._rejected):
                 return False
+            self._rejected = rejected
             self._save()
         self._wake()
         log.info("cron: removed job %s", job_id)
@@ -410,7 +427,7 @@ class CronService:
     def _new_id(self) -> str:
         while True:
             job_id = secrets.token_hex(4)
-            if job_id not in self._jobs:
+            if job_id not in self._jobs and all(r.id != job_id for r in self._rejected):
                 return job_id
 
     def _stat(self) -> _Signature | None:
@@ -435,6 +452,7 @@ class CronService:
                 raw = fh.read()
         except FileNotFoundError:
             self._jobs = {}
+            self._rejected = []
             self._signature = None
             self._store_corrupt = False
             return
@@ -444,13 +462,8 @@ class CronService:
             return
         self._signature = (st.st_ino, st.st_mtime_ns, st.st_size)
         try:
-            jobs = store_from_dict(json.loads(raw.decode("utf-8")))
-            for job in jobs:
-                try:
-                    validate_schedule(job.schedule)
-                except ValueError as exc:
-                    raise ValueError(f"job {job.id!r}: {exc}") from None
-        except ValueError as exc:  # includes JSONDecodeError and UnicodeDecodeError
+            jobs, rejected = parse_store(json.loads(raw.decode("utf-8")), check=validate_schedule_of)
+        except ValueError as exc:  # includes CronRecordError, JSONDecodeError and UnicodeDecodeError
             self._store_corrupt = True
             log.error(
                 "cron: job store %s is malformed (%s). It is left untouched; it will be renamed to "
@@ -460,8 +473,11 @@ class CronService:
                 path.name,
             )
             return
+        for bad in rejected:
+            log.error("cron: job store %s: skipping %s; it is kept in the file as it is", path, bad.reason)
         self._store_corrupt = False
         self._jobs = {job.id: job for job in jobs}
+        self._rejected = rejected
         self._fill_missing_next_runs(now_ms())
 
     def _set_aside_corrupt(self) -> None:
@@ -480,7 +496,7 @@ class CronService:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self._store_corrupt and path.exists():
             self._set_aside_corrupt()
-        text = json.dumps(store_to_dict(list(self._jobs.values())), indent=2, ensure_ascii=False) + "\n"
+        text = json.dumps(store_to_dict(list(self._jobs.values()), self._rejected), indent=2, ensure_ascii=False) + "\n"
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -59,7 +59,8 @@ async def _step(name: str, work: Awaitable[None], limit_s: float = 10.0) -> None
 
 
 class GatewayStartError(Exception):
-    """The gateway cannot start (its HTTP port is taken); the message says what to change."""
+    """The gateway cannot start (its HTTP port is taken, an API channel without a key beyond loopback); the
+    message says what to change."""
 
 
 class Gateway:
@@ -106,6 +107,12 @@ class Gateway:
         await self.cron.stop()
 
     async def start(self) -> None:
+        if self.config.channels.api.enabled:
+            from nanobot.channels.api import binding_refusal
+
+            refusal = binding_refusal(self.config.channels.api)
+            if refusal is not None:
+                raise GatewayStartError(refusal)
         try:
             await self.http.start()
         except OSError as exc:

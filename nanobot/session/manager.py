@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from nanobot.session.locks import LockLost
 
@@ -106,8 +108,32 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
+# `channel:chat` keys made of these characters keep upstream's file name (`telegram:123` -> `telegram_123`).
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9.@+=-]+:[A-Za-z0-9.@+=-]*")
+_UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9.@+=-]")
+_MAX_STEM = 200
+
+
+def session_stem(key: str) -> str:
+    """A file name stem that no other key shares (so two conversations never share a file).
+
+    Plain `channel:chat` keys keep upstream's `channel_chat` (exactly one `_`); every other key is
+    percent-encoded, `_` and `:` included (no `_` at all), so the two kinds never meet either."""
+    if _PLAIN_KEY.fullmatch(key):
+        stem = key.replace(":", "_")
+    else:
+        stem = _UNSAFE_CHAR.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), key)
+    if len(stem) > _MAX_STEM:  # file names are at most 255 bytes: keep a head and a digest (no other name has `~`)
+        stem = stem[: _MAX_STEM - 65] + "~" + hashlib.sha256(key.encode()).hexdigest()
+    return stem
+
+
 def session_filename(key: str) -> str:
-    """`telegram:123` -> `telegram_123.jsonl` (other characters unsafe in a file name also become `_`)."""
+    return session_stem(key) + ".jsonl"
+
+
+def _legacy_filename(key: str) -> str:
+    """The name older versions used (several keys could share it: `api:a/b` and `api:a_b`)."""
     return re.sub(r"[:/\\<>|?*\"\x00-\x1f]", "_", key) + ".jsonl"
 
 
@@ -190,7 +216,24 @@ class SessionManager(SessionCache):
         self.fence_check = fence_check
 
     def path_for(self, key: str) -> Path:
-        return self.sessions_dir / session_filename(key)
+        path = self.sessions_dir / session_filename(key)
+        if not path.exists():
+            self._adopt_legacy_file(key, path)
+        return path
+
+    def _adopt_legacy_file(self, key: str, path: Path) -> None:
+        """Rename a file of an older version to `path` when it records this very key (never another's)."""
+        legacy = self.sessions_dir / _legacy_filename(key)
+        if legacy == path:
+            return
+        try:
+            with legacy.open(encoding="utf-8") as fh:
+                first = json.loads(fh.readline() or "{}")
+        except (OSError, json.JSONDecodeError):
+            return
+        if isinstance(first, dict) and first.get("_type") == "metadata" and first.get("key") == key:
+            os.replace(legacy, path)
+            log.info("session %s: file renamed from %s to %s", key, legacy.name, path.name)
 
     def load(self, key: str) -> Session | None:
         """Read a session from its file (bypassing the cache); None when there is none."""
@@ -241,7 +284,7 @@ class SessionManager(SessionCache):
                 first = {}
             found.append(
                 {
-                    "key": first.get("key") or path.stem.replace("_", ":", 1),
+                    "key": first.get("key") or unquote(path.stem.replace("_", ":", 1)),
                     "created_at": first.get("created_at"),
                     "updated_at": first.get("updated_at"),
                     "path": str(path),

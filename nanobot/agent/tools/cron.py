@@ -77,13 +77,16 @@ class CronTool(Tool):
         except ValueError as exc:
             return f"Error: {exc}"
         turn = turn_or_none()
-        job = self._cron.add_job(
-            name=message[:40],
-            schedule=schedule,
-            message=message,
-            deliver=turn is not None,
-            channel=turn.channel if turn else None,
-            to=turn.chat_id if turn else None,
-            delete_after_run=schedule.kind == "at",
-        )
+        try:
+            job = self._cron.add_job(
+                name=message[:40],
+                schedule=schedule,
+                message=message,
+                deliver=turn is not None,
+                channel=turn.channel if turn else None,
+                to=turn.chat_id if turn else None,
+                delete_after_run=schedule.kind == "at",
+            )
+        except ValueError as exc:  # a schedule the service refuses (bad cron expression, timezone, ...)
+            return f"Error: {exc}"
         return f"Scheduled job {job.id} ({schedule.kind})"

@@ -1,25 +1,28 @@
 """File tools: read_file, write_file, edit_file and list_dir.
 
-Relative paths resolve against the workspace and `~` expands to the home directory. When `allowed_dir`
-is set, a path whose fully resolved form (symlinks followed, `..` collapsed) lies outside it is refused.
-Expected problems (missing file, refused path, ...) come back as "Error: ..." text.
+Relative paths resolve against the workspace and `~` expands to the home directory. Every path is opened
+through `Confinement` (see `confined_path`), which follows links itself: when `allowed_dir` is set, a path
+leading outside it (through `..`, an absolute path or a link, even one swapped in while the tool runs) is
+refused; whatever `allowed_dir` says, conversation histories, the config file and `/proc` are refused
+(see `protected_paths`). Expected problems (missing file, refused path, ...) come back as "Error: ..." text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from nanobot.agent.tools.base import Tool
+from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened
+from nanobot.agent.tools.protected_paths import protected_paths
 
 MAX_READ_BYTES = 128 * 1024
+MAX_EDIT_BYTES = 8 * 1024 * 1024
 MAX_LIST_ENTRIES = 1000
 _BINARY_SNIFF_BYTES = 8192
-
-
-class PathError(Exception):
-    """A path that may not or cannot be used; the message is shown to the model."""
 
 
 def _path_property(description: str) -> dict[str, Any]:
@@ -29,27 +32,26 @@ def _path_property(description: str) -> dict[str, Any]:
 class _FileTool(Tool):
     """Shared path handling for the file tools."""
 
-    def __init__(self, workspace: Path, allowed_dir: Path | None = None) -> None:
-        self.workspace = Path(workspace).expanduser()
+    def __init__(self, workspace: Path, allowed_dir: Path | None = None, read_only_instructions: bool = False) -> None:
+        self.workspace = Path(os.path.abspath(Path(workspace).expanduser()))
         self.allowed_dir = Path(allowed_dir).expanduser().resolve() if allowed_dir is not None else None
+        self.read_only_instructions = read_only_instructions
 
-    def resolve_path(self, path: str) -> Path:
-        """The absolute, resolved path for `path`; raises PathError when it is outside `allowed_dir`."""
+    def confinement(self, writing: bool = False) -> Confinement:
+        """Where paths may lead now: inside `allowed_dir` (anywhere without one), never to a protected path
+        (for `writing`, nor to the operator's instructions when they are read-only)."""
+        protected = protected_paths(self.workspace, writing=writing, read_only_instructions=self.read_only_instructions)
+        return Confinement(self.allowed_dir or Path("/"), protected)
+
+    def absolute(self, path: str) -> Path:
+        """`path` with `~` expanded, made absolute against the workspace; links and `..` are left to the walk."""
         candidate = Path(path).expanduser()
-        if not candidate.is_absolute():
-            candidate = self.workspace / candidate
-        resolved = candidate.resolve()
-        if self.allowed_dir is not None and not resolved.is_relative_to(self.allowed_dir):
-            raise PathError(
-                f"access denied: '{path}' resolves to {resolved}, which is outside the allowed "
-                f"directory {self.allowed_dir}"
-            )
-        return resolved
+        return candidate if candidate.is_absolute() else self.workspace / candidate
 
     async def execute(self, **kwargs: Any) -> str:
         try:
             return await asyncio.to_thread(self.run, **kwargs)
-        except PathError as exc:
+        except AccessDenied as exc:
             return f"Error: {exc}"
         except PermissionError as exc:
             return f"Error: permission denied: {exc.filename or exc}"
@@ -74,14 +76,14 @@ class ReadFileTool(_FileTool):
     }
 
     def run(self, path: str) -> str:  # type: ignore[override]
-        target = self.resolve_path(path)
-        if not target.exists():
+        try:
+            with self.confinement().open_file(self.absolute(path), path) as opened:
+                if problem := _not_a_regular_file(opened, path):
+                    return problem
+                size = os.fstat(opened.fd).st_size
+                data = _read_at_most(opened.fd, MAX_READ_BYTES)
+        except FileNotFoundError:
             return f"Error: file not found: {path}"
-        if target.is_dir():
-            return f"Error: {path} is a directory, not a file (use list_dir to see its contents)"
-        size = target.stat().st_size
-        with target.open("rb") as handle:
-            data = handle.read(MAX_READ_BYTES)
         if b"\x00" in data[:_BINARY_SNIFF_BYTES]:
             return f"Error: {path} looks like a binary file ({size} bytes); only text files can be read"
         text = data.decode("utf-8", errors="replace")
@@ -107,12 +109,11 @@ class WriteFileTool(_FileTool):
     }
 
     def run(self, path: str, content: str) -> str:  # type: ignore[override]
-        target = self.resolve_path(path)
-        if target.is_dir():
-            return f"Error: {path} is a directory"
-        target.parent.mkdir(parents=True, exist_ok=True)
         data = content.encode("utf-8")
-        target.write_bytes(data)
+        try:
+            target = self.confinement(writing=True).replace_file(self.absolute(path), path, data)
+        except IsADirectoryError:
+            return f"Error: {path} is a directory"
         return f"Wrote {len(data)} bytes to {target}"
 
 
@@ -134,11 +135,19 @@ class EditFileTool(_FileTool):
     }
 
     def run(self, path: str, old_text: str, new_text: str) -> str:  # type: ignore[override]
-        target = self.resolve_path(path)
-        if not target.is_file():
+        confinement = self.confinement(writing=True)
+        try:
+            with confinement.open_file(self.absolute(path), path) as opened:
+                if problem := _not_a_regular_file(opened, path):
+                    return problem
+                if os.fstat(opened.fd).st_size > MAX_EDIT_BYTES:
+                    return f"Error: {path} is larger than {MAX_EDIT_BYTES // 2**20} MB; edit_file cannot edit it"
+                raw = _read_at_most(opened.fd, MAX_EDIT_BYTES)
+                target = opened.path
+        except FileNotFoundError:
             return f"Error: file not found: {path}"
         try:
-            content = target.read_text(encoding="utf-8")
+            content = raw.decode("utf-8")
         except UnicodeDecodeError:
             return f"Error: {path} is not a UTF-8 text file"
         count = content.count(old_text)
@@ -149,7 +158,8 @@ class EditFileTool(_FileTool):
                 f"Error: old_text occurs {count} times in {path}; it must occur exactly once. "
                 "Include more surrounding text to make it unique."
             )
-        target.write_text(content.replace(old_text, new_text, 1), encoding="utf-8")
+        # The file's link-free path: the write goes to the file that was read, not through a link again.
+        target = confinement.replace_file(target, path, content.replace(old_text, new_text, 1).encode("utf-8"))
         return f"Edited {target}: replaced 1 occurrence"
 
 
@@ -165,18 +175,46 @@ class ListDirTool(_FileTool):
     }
 
     def run(self, path: str = ".") -> str:  # type: ignore[override]
-        target = self.resolve_path(path)
-        if not target.exists():
+        try:
+            with self.confinement().open_dir(self.absolute(path), path) as opened:
+                target = opened.path
+                # Entries are not followed: a link shows as a plain name, whatever it points to.
+                with os.scandir(opened.fd) as scan:
+                    entries = sorted(
+                        ((entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan), key=lambda e: e[0]
+                    )
+        except FileNotFoundError:
             return f"Error: directory not found: {path}"
-        if not target.is_dir():
+        except NotADirectoryError:
             return f"Error: {path} is a file, not a directory (use read_file to read it)"
-        entries = sorted(target.iterdir(), key=lambda entry: entry.name)
         if not entries:
             return f"{target} is empty"
-        lines = [f"{entry.name}/" if entry.is_dir() else entry.name for entry in entries[:MAX_LIST_ENTRIES]]
+        lines = [f"{name}/" if is_dir else name for name, is_dir in entries[:MAX_LIST_ENTRIES]]
         if len(entries) > MAX_LIST_ENTRIES:
             lines.append(f"[... {len(entries) - MAX_LIST_ENTRIES} more entries not shown]")
         return "\n".join(lines)
+
+
+def _not_a_regular_file(opened: Opened, path: str) -> str | None:
+    """The error for a directory, FIFO, device, ... or None for a regular file."""
+    mode = os.fstat(opened.fd).st_mode
+    if stat.S_ISDIR(mode):
+        return f"Error: {path} is a directory, not a file (use list_dir to see its contents)"
+    if not stat.S_ISREG(mode):
+        return f"Error: {path} is not a regular file"
+    return None
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, 1024 * 1024))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def _preview(text: str, limit: int = 200) -> str:

@@ -1,18 +1,24 @@
 """The message tool: send text to a chat (this one by default, or another), with files from the workspace.
 
 Chat channels upload the files a message names to the person at the other end, and what the agent names
-may be what a hostile user or a web page asked for: so a file is sent only when it resolves (links
-followed) inside the workspace. Upstream nanobot sends any path; the config file and the operator's home
-lie outside the workspace and never leave this way.
+may be what a hostile user or a web page asked for. So a file is sent only when it opens through
+`Confinement` inside the workspace (links followed by the walk, never out of it) and is not a protected
+path (conversation histories, the config file); the channel then gets a copy of it in the outbox (see
+`media_outbox`), not the path the model named. Upstream nanobot sends any path.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from nanobot.agent.tools import media_outbox
 from nanobot.agent.tools.base import Tool
+from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened, OutsideRoot
+from nanobot.agent.tools.protected_paths import protected_paths
 from nanobot.agent.turn import turn_or_none
 from nanobot.bus.events import OutboundMessage
 
@@ -41,17 +47,18 @@ class MessageTool(Tool):
         self.workspace = Path(workspace).expanduser().resolve()
 
     def _media_paths(self, paths: list[str]) -> list[str]:
-        """Each path resolved inside the workspace; raises ValueError naming the first that is not."""
-        resolved: list[str] = []
-        for path in paths:
-            candidate = Path(path).expanduser()
-            real = (candidate if candidate.is_absolute() else self.workspace / candidate).resolve()
-            if not real.is_relative_to(self.workspace):
-                raise ValueError(f"'{path}' is outside the workspace; only files in the workspace can be sent")
-            if not real.is_file():
-                raise ValueError(f"'{path}' is not a file")
-            resolved.append(str(real))
-        return resolved
+        """The outbox copies of `paths`; raises ValueError (or AccessDenied, OSError) naming the first refused."""
+        confinement = Confinement(self.workspace, protected_paths(self.workspace), root_name="the workspace")
+        with ExitStack() as stack:
+            sources: list[tuple[Opened, str]] = []
+            for path in paths:
+                candidate = Path(path).expanduser()
+                absolute = candidate if candidate.is_absolute() else self.workspace / candidate
+                try:
+                    sources.append((stack.enter_context(confinement.open_file(absolute, path)), path))
+                except FileNotFoundError:
+                    raise ValueError(f"'{path}' is not a file") from None
+            return media_outbox.stage(confinement, self.workspace, sources)
 
     async def execute(self, **kwargs: Any) -> str:
         turn = turn_or_none()
@@ -60,9 +67,13 @@ class MessageTool(Tool):
         if not channel or not chat_id:
             return "Error: no target chat: give channel and chat_id"
         try:
-            media = self._media_paths(list(kwargs.get("media") or []))
-        except ValueError as exc:
+            media = await asyncio.to_thread(self._media_paths, list(kwargs.get("media") or []))
+        except OutsideRoot as exc:
+            return f"Error: {exc}; only files in the workspace can be sent"
+        except (ValueError, AccessDenied) as exc:
             return f"Error: {exc}"
+        except OSError as exc:
+            return f"Error: cannot send {exc.filename or 'a file'}: {exc.strerror or exc}"
         same_chat = turn is not None and (channel, chat_id) == (turn.channel, turn.chat_id)
         await self._send(
             OutboundMessage(

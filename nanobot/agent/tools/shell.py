@@ -1,34 +1,63 @@
 """The `exec` tool: run a shell command and return its output.
 
-Safety is best effort, not a sandbox:
+Every command, sandboxed or not:
 
-* A deny-list of regular expressions refuses obviously destructive commands (wiping `/`, `~` or `*`,
-  formatting disks, writing to block devices, powering the machine off, fork bombs, ...).
-* With `restrict_to_workspace`, the working directory must be inside the workspace, and a simple textual
-  heuristic refuses commands that mention `..` as a path component or an absolute (or `~`/`$HOME`) path
-  outside the workspace. It does not understand variables, globs, `cd` chains or scripts that the command
-  runs, so it keeps honest mistakes out rather than stopping a determined adversary.
+* runs with a scrubbed environment: a minimal PATH (plus `pathPrepend` / `pathAppend`), HOME = the
+  workspace, TMPDIR, LANG/LC_ALL, TERM=dumb and only the variables the operator named in `allowedEnvKeys`;
+  never the worker's own (provider keys, NANOBOT_*, the Redis URL), so `env` or `/proc/self/environ`
+  show none of them;
+* runs under resource limits (`cpuSeconds`, `memoryMb` of address space, `fileSizeMb` per written file,
+  `maxProcesses`, no core dumps) set in the child before it starts, plus the timeout (its whole process
+  group is killed) and the output cap;
+* is checked against a deny-list of destructive commands (wiping `/`, `~` or `*`, formatting disks,
+  writing to block devices, powering off, fork bombs, ...), the operator's `denyPatterns` and, when
+  given, `allowPatterns` (the command must match one; patterns are searched, so anchor them);
+* with `restrict_to_workspace`, must run inside the workspace and pass a textual heuristic refusing `..`
+  path components and absolute paths outside the workspace (`~` and `$HOME` are the workspace).
 
-Commands run through the shell in their own process group, which is killed as a whole on timeout.
+Without the sandbox those checks only stop honest mistakes: the command runs as the worker's user, with
+the worker's view of the filesystem and network. The heuristic does not see `cd /; cat etc/passwd`,
+interpreters (`python3 -c "open('/' + 'etc/...')"`), variables, globs or scripts; `/proc/$PPID/environ`
+shows the worker's full environment, secrets included; the config file and other users' session files
+are readable; Redis and the LAN are reachable. A root worker holding CAP_SYS_RESOURCE lets a command raise
+its own limits, and `maxProcesses` is never enforced for root (the kernel exempts it): it holds only for a
+non-root worker user, where it counts all of that user's processes and threads, the worker's own included.
+
+With `sandbox: "bwrap"` (see sandbox.py) a command sees only the system directories, the workspace and
+the configured binds, not the config file, the operator's home, other conversations' histories or any
+process outside its own PID namespace (so `/proc/$PPID/environ` is the scrubbed environment too); it has
+no network unless `sandboxNetwork`, no capabilities, cannot raise its limits, and dies with the worker.
+Background processes end when the command ends. `maxProcesses` still does not bind root (the timeout and
+the PID namespace's teardown end a fork bomb).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
+import resource
 import signal
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from nanobot.agent.tools.base import Tool
+from nanobot.agent.tools.sandbox import MINIMAL_PATH, Bind, bwrap_argv, bwrap_executable, bwrap_problem, parse_binds
+from nanobot.config.schema import ExecToolConfig
+
+log = logging.getLogger(__name__)
 
 # Bytes read back per stream, so a chatty command cannot exhaust memory (the rest is only counted).
 _MAX_CAPTURE_BYTES = 4 * 1024 * 1024
 # Paths that are harmless to mention even when the command is restricted to the workspace.
 _ALWAYS_ALLOWED_PATHS = {"/dev/null", "/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/zero", "/dev/urandom"}
+_SHELL = "/bin/sh"
+_SANDBOX_TMP = "/tmp"
 
 _CMD_START = r"(?:^|[;&|({`\n]|\$\()\s*(?:sudo\s+(?:-\S+\s+)*)?"
 _DENY_PATTERNS: list[tuple[re.Pattern[str], str]] = [
@@ -86,19 +115,110 @@ _ABSOLUTE_PATH = re.compile(r"(?:^|(?<=[\s=<>'\"(]))((?:/|~|\$HOME\b|\$\{HOME\})
 
 
 def check_outside_workspace(command: str, workspace: Path) -> str | None:
-    """Why `command` seems to reach outside `workspace` (the textual heuristic), or None."""
+    """Why `command` seems to reach outside `workspace` (the textual heuristic), or None.
+
+    `~` and `$HOME` stand for the workspace, the HOME that commands run with."""
     if _PARENT_REF.search(command):
         return "it contains '..' path traversal"
     root = workspace.resolve()
-    home = str(Path.home())
     for match in _ABSOLUTE_PATH.finditer(command):
         raw = match.group(1)
         if raw in _ALWAYS_ALLOWED_PATHS:
             continue
-        expanded = re.sub(r"^(?:~|\$HOME\b|\$\{HOME\})", lambda _: home, raw)
+        if raw.startswith("~") and raw != "~" and not raw.startswith("~/"):
+            return f"it refers to {raw}, another user's home"
+        # A command's HOME is the workspace.
+        expanded = re.sub(r"^(?:~|\$HOME\b|\$\{HOME\})", lambda _: str(root), raw)
         if not Path(expanded).resolve().is_relative_to(root):
             return f"it refers to {raw}, which is outside the workspace {root}"
     return None
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """What one command may use (`tools.exec.cpuSeconds` ... `maxProcesses`); applied with setrlimit."""
+
+    cpu_seconds: int = 60
+    memory_mb: int = 1024
+    file_size_mb: int = 100
+    max_processes: int = 64
+
+    def rlimits(self) -> list[tuple[int, int, int]]:
+        """(resource, soft, hard) triples, lowered to the worker's own hard limits where those are smaller.
+
+        The CPU limit is soft: SIGXCPU at `cpu_seconds`, SIGKILL two seconds later if the command ignores it."""
+        mib = 1024 * 1024
+        wanted = [
+            (resource.RLIMIT_CPU, self.cpu_seconds, self.cpu_seconds + 2),
+            (resource.RLIMIT_AS, self.memory_mb * mib, self.memory_mb * mib),
+            (resource.RLIMIT_FSIZE, self.file_size_mb * mib, self.file_size_mb * mib),
+            (resource.RLIMIT_NPROC, self.max_processes, self.max_processes),
+            (resource.RLIMIT_CORE, 0, 0),
+        ]
+        limits = []
+        for which, soft, hard in wanted:
+            current_hard = resource.getrlimit(which)[1]
+            if current_hard != resource.RLIM_INFINITY:
+                hard = min(hard, current_hard)
+            limits.append((which, min(soft, hard), hard))
+        return limits
+
+
+def _limit_setter(limits: list[tuple[int, int, int]]) -> Callable[[], None]:
+    """The `preexec_fn` that applies `limits` in the child between fork and exec (only setrlimit calls)."""
+
+    def apply() -> None:
+        for which, soft, hard in limits:
+            resource.setrlimit(which, (soft, hard))
+
+    return apply
+
+
+_SECRET_LOOKING = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|^NANOBOT_", re.IGNORECASE)
+_warned_env_keys: set[str] = set()
+
+
+def command_env(
+    home: Path,
+    tmpdir: str,
+    *,
+    allowed_keys: Iterable[str] = (),
+    path_prepend: str = "",
+    path_append: str = "",
+    source: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The whole environment of a command: our defaults, then the allowed keys copied from `source`
+    (the process environment), then PATH's additions; HOME and TMPDIR are always ours."""
+    source = dict(os.environ) if source is None else source
+    env = {"PATH": MINIMAL_PATH, "LANG": "C.UTF-8", "TERM": "dumb"}
+    env.update({key: source[key] for key in allowed_keys if key in source})
+    env.setdefault("LC_ALL", env["LANG"])
+    env["PATH"] = os.pathsep.join(part for part in (path_prepend, env["PATH"], path_append) if part)
+    env["HOME"] = str(home)
+    env["TMPDIR"] = tmpdir
+    return env
+
+
+def _warn_secret_looking(keys: Iterable[str]) -> None:
+    """Warn once per process about each allowed variable whose name looks like a secret."""
+    for key in keys:
+        if _SECRET_LOOKING.search(key) and key not in _warned_env_keys:
+            _warned_env_keys.add(key)
+            log.warning(
+                "tools.exec.allowedEnvKeys includes %s, which looks like a secret: every command (and so whoever "
+                "talks to the agent) can read it", key,
+            )
+
+
+def compile_patterns(patterns: Iterable[str], key: str) -> list[re.Pattern[str]]:
+    """The operator's regexes (case-insensitive); an invalid one is a ValueError naming `tools.exec.<key>[i]`."""
+    compiled = []
+    for i, pattern in enumerate(patterns):
+        try:
+            compiled.append(re.compile(pattern, re.IGNORECASE))
+        except re.error as exc:
+            raise ValueError(f"tools.exec.{key}[{i}]: invalid regular expression {pattern!r}: {exc}") from exc
+    return compiled
 
 
 class ExecTool(Tool):
@@ -126,20 +246,100 @@ class ExecTool(Tool):
         timeout_s: int = 60,
         restrict_to_workspace: bool = False,
         max_output_chars: int = 10000,
+        *,
+        limits: ResourceLimits | None = None,
+        sandbox: str = "none",
+        sandbox_network: bool = False,
+        sandbox_ro_binds: Sequence[str] = (),
+        sandbox_rw_binds: Sequence[str] = (),
+        allowed_env_keys: Sequence[str] = (),
+        path_prepend: str = "",
+        path_append: str = "",
+        deny_patterns: Sequence[str] = (),
+        allow_patterns: Sequence[str] = (),
+        read_only_paths: Sequence[Path] = (),
     ) -> None:
+        """`sandbox` is "bwrap" or "none" (see sandbox.choose_sandbox); bad patterns or binds raise ValueError."""
+        if sandbox not in ("bwrap", "none"):
+            raise ValueError(f"exec sandbox must be 'bwrap' or 'none', not {sandbox!r}")
         self.working_dir = Path(working_dir).expanduser()
         self.timeout_s = timeout_s
         self.restrict_to_workspace = restrict_to_workspace
         self.max_output_chars = max_output_chars
+        self.limits = limits or ResourceLimits()
+        self.sandbox = sandbox
+        self.sandbox_network = sandbox_network
+        self.read_only_paths = [Path(path) for path in read_only_paths]  # under the sandbox
+        self.deny_patterns = compile_patterns(deny_patterns, "denyPatterns")
+        self.allow_patterns = compile_patterns(allow_patterns, "allowPatterns")
+        self.binds: list[Bind] = [
+            *parse_binds(sandbox_ro_binds, writable=False, key="sandboxRoBinds"),
+            *parse_binds(sandbox_rw_binds, writable=True, key="sandboxRwBinds"),
+        ]
+        _warn_secret_looking(allowed_env_keys)
+        tmpdir = _SANDBOX_TMP if sandbox == "bwrap" else tempfile.gettempdir()
+        self.env = command_env(
+            self.working_dir.resolve(), tmpdir,
+            allowed_keys=allowed_env_keys, path_prepend=path_prepend, path_append=path_append,
+        )
+        self._rlimits = self.limits.rlimits()
+        self.sandbox_error: str | None = None
+        if sandbox == "bwrap" and (problem := bwrap_problem()):
+            self.sandbox_error = problem
+            log.error("tools.exec.sandbox is 'bwrap' but %s; the exec tool refuses every command", problem)
+
+    @classmethod
+    def from_config(
+        cls,
+        workspace: Path,
+        config: ExecToolConfig,
+        *,
+        sandbox: str,
+        restrict_to_workspace: bool = False,
+        read_only_paths: Sequence[Path] = (),
+    ) -> ExecTool:
+        """The tool as `tools.exec` describes it, with the sandbox already chosen ("bwrap" or "none")."""
+        return cls(
+            workspace,
+            timeout_s=config.timeout,
+            restrict_to_workspace=restrict_to_workspace,
+            max_output_chars=config.max_output_chars,
+            limits=ResourceLimits(config.cpu_seconds, config.memory_mb, config.file_size_mb, config.max_processes),
+            sandbox=sandbox,
+            sandbox_network=config.sandbox_network,
+            sandbox_ro_binds=config.sandbox_ro_binds,
+            sandbox_rw_binds=config.sandbox_rw_binds,
+            allowed_env_keys=config.allowed_env_keys,
+            path_prepend=config.path_prepend,
+            path_append=config.path_append,
+            deny_patterns=config.deny_patterns,
+            allow_patterns=config.allow_patterns,
+            read_only_paths=read_only_paths,
+        )
 
     async def execute(self, command: str, working_dir: str | None = None, **_: Any) -> str:  # type: ignore[override]
-        if reason := check_denied(command):
+        if self.sandbox_error:
+            return (
+                f"Error: commands must run in the bubblewrap sandbox, which cannot run here ({self.sandbox_error}). "
+                "No command runs until the operator fixes it."
+            )
+        if reason := self._refusal(command):
             return f"Error: command refused by the safety policy ({reason}). Run it yourself if intended."
         cwd_or_error = self._check_working_dir(working_dir, command)
         if isinstance(cwd_or_error, str):
             return cwd_or_error
         cwd = cwd_or_error
         return await self._run(command, cwd)
+
+    def _refusal(self, command: str) -> str | None:
+        """Why the deny-list or the operator's patterns refuse `command`, or None."""
+        if reason := check_denied(command):
+            return reason
+        if any(pattern.search(command) for pattern in self.deny_patterns):
+            return "it matches a pattern the operator denied"
+        if self.allow_patterns and not any(pattern.search(command) for pattern in self.allow_patterns):
+            return "it matches none of the command patterns the operator allowed"
+        return None
 
     def _check_working_dir(self, working_dir: str | None, command: str) -> Path | str:
         """The directory to run in, or an error message (including the workspace restriction)."""
@@ -156,17 +356,35 @@ class ExecTool(Tool):
             return f"Error: working directory does not exist: {cwd}"
         return cwd
 
+    def _argv(self, command: str, cwd: Path) -> list[str]:
+        argv = [_SHELL, "-c", command]
+        if self.sandbox == "none":
+            return argv
+        return bwrap_argv(
+            argv,
+            bwrap=bwrap_executable() or "bwrap",
+            workspace=self.working_dir.resolve(),
+            cwd=cwd.resolve(),
+            env=self.env,
+            network=self.sandbox_network,
+            extra_binds=self.binds,
+            tmp_size_mb=self.limits.memory_mb,
+            read_only=[path.resolve() for path in self.read_only_paths],
+        )
+
     async def _run(self, command: str, cwd: Path) -> str:
         # Output goes to temporary files rather than pipes: a background child that keeps a pipe open
         # would otherwise make the wait hang until it exits, and files keep partial output on timeout.
         with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
-            process = await asyncio.create_subprocess_shell(
-                command,
+            process = await asyncio.create_subprocess_exec(
+                *self._argv(command, cwd),
                 cwd=cwd,
+                env=self.env,  # bwrap too: the sandbox's /proc/1/environ is bwrap's
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out_file,
                 stderr=err_file,
                 start_new_session=True,  # its own process group, so a timeout can kill every child too
+                preexec_fn=_limit_setter(self._rlimits),
             )
             timed_out = False
             try:
@@ -180,9 +398,21 @@ class ExecTool(Tool):
             output = self._format(_read_capped(out_file), _read_capped(err_file))
         if timed_out:
             return f"Error: command timed out after {self.timeout_s}s and was killed.\n{output}"
+        if process.returncode and (limit := self._limit_reached(process.returncode)):
+            return f"Error: command killed: it reached {limit}.\n{output}\nExit code: {process.returncode}"
         if process.returncode:
             output += f"\nExit code: {process.returncode}"
         return output
+
+    def _limit_reached(self, returncode: int) -> str | None:
+        """Which limit killed the command, from its signal (-N from the shell itself, 128+N when the shell or
+        bwrap reports a child's), or None."""
+        signum = -returncode if returncode < 0 else returncode - 128
+        if signum == signal.SIGXCPU:
+            return f"the CPU time limit ({self.limits.cpu_seconds}s of CPU)"
+        if signum == signal.SIGXFSZ:
+            return f"the file size limit ({self.limits.file_size_mb} MB per file)"
+        return None
 
     def _format(self, stdout: str, stderr: str) -> str:
         parts = []

@@ -1,0 +1,175 @@
+"""The bubblewrap sandbox of the `exec` tool: whether it works here, which sandbox to use, its command line.
+
+Under bubblewrap a command gets its own user, PID, network, IPC, UTS and cgroup namespaces, no
+capabilities and no way to create further user namespaces. Its filesystem is only: the system directories
+needed to run programs (read-only), a fresh /proc and /dev, a /tmp tmpfs the size of the memory limit, the
+workspace (read-write, at its own absolute path) and the operator's extra binds; the rest of its root is
+read-only. The workspace's `sessions/` and `memory/` (every conversation's history, the agent's memory)
+are hidden under empty read-only tmpfs mounts, as are the cron store and the operator's home wherever a
+bind would show them; a config file a bind would show becomes an unreadable /dev/null. Everything else
+(the operator's home, /root, /home, the config file, /etc/shadow, ...) does not exist in the sandbox.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanobot.config.loader import config_path, data_dir
+
+log = logging.getLogger(__name__)
+
+SANDBOXES = ("bwrap", "none")
+MINIMAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Namespaces and privileges: every namespace, no capabilities (bwrap keeps them when started by root), no
+# nested user namespaces (they would allow remounting), killed with the worker, no controlling terminal.
+ISOLATION = (
+    "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL", "--die-with-parent", "--new-session",
+)
+# What programs need from the host, read-only; missing ones are skipped, merged-/usr symlinks kept as links.
+SYSTEM_PATHS = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+    "/etc/ssl/certs", "/etc/ssl/openssl.cnf", "/etc/ca-certificates", "/etc/ca-certificates.conf", "/etc/pki/tls/certs",
+    "/etc/pki/ca-trust", "/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/nsswitch.conf", "/etc/gai.conf",
+    "/etc/passwd", "/etc/group", "/etc/localtime", "/etc/timezone", "/etc/mime.types", "/etc/os-release",
+)
+# Workspace folders no command may read or change: every conversation's history, the agent's memory.
+MASKED_WORKSPACE_DIRS = ("sessions", "memory")
+
+
+def bwrap_executable() -> str | None:
+    """The bwrap program: on PATH, else /usr/bin/bwrap, else None."""
+    return shutil.which("bwrap") or (os.path.exists("/usr/bin/bwrap") and "/usr/bin/bwrap") or None
+
+
+@functools.cache
+def bwrap_problem() -> str | None:
+    """Why bubblewrap cannot sandbox commands here, or None when it can (probed once per process).
+
+    Installed is not enough: Docker's default seccomp profile, for one, forbids the user namespaces it needs."""
+    bwrap = bwrap_executable()
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed"
+    probe = [bwrap, *ISOLATION, "--ro-bind", "/", "/", "--size", "1048576", "--tmpfs", "/tmp", "true"]
+    try:
+        done = subprocess.run(
+            probe, env={"PATH": MINIMAL_PATH}, stdin=subprocess.DEVNULL, capture_output=True, timeout=15, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{bwrap} cannot be run: {exc}"
+    if done.returncode != 0:
+        stderr = done.stderr.decode("utf-8", errors="replace").strip()
+        return f"{bwrap} cannot create its namespaces here (exit code {done.returncode}): {stderr or 'no message'}"
+    return None
+
+
+def choose_sandbox(setting: str, *, prefer_bwrap: bool) -> str:
+    """The sandbox for `tools.exec.sandbox` = `setting`: "bwrap" or "none".
+
+    "" means bubblewrap when `prefer_bwrap` and it works here, else none. An explicit "bwrap" stays "bwrap" even
+    when bubblewrap cannot run: the exec tool then refuses every command (never a silent fallback)."""
+    if setting in SANDBOXES:
+        return setting
+    if setting != "":
+        raise ValueError(f"tools.exec.sandbox: {setting!r} is not one of '', 'bwrap', 'none'")
+    return "bwrap" if prefer_bwrap and bwrap_problem() is None else "none"
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path `src` shown at `dst` in the sandbox."""
+
+    src: Path
+    dst: Path
+    writable: bool = False
+
+
+def parse_binds(specs: Iterable[str], *, writable: bool, key: str) -> list[Bind]:
+    """`sandboxRoBinds` / `sandboxRwBinds` entries, each "path" or "src:dst" (absolute; `~` is expanded)."""
+    binds = []
+    for i, spec in enumerate(specs):
+        src, sep, dst = spec.partition(":")
+        paths = [Path(p).expanduser() for p in ((src, dst) if sep else (src, src))]
+        if not all(p.is_absolute() for p in paths):
+            raise ValueError(f"tools.exec.{key}[{i}]: {spec!r} must be an absolute path, or src:dst of absolute paths")
+        if not paths[0].exists():
+            log.warning("tools.exec.%s[%d]: %s does not exist; it is skipped until it does", key, i, paths[0])
+        binds.append(Bind(paths[0].resolve(), paths[1], writable))
+    return binds
+
+
+def hidden_paths() -> list[Path]:
+    """What a bind must never show: the config file, the cron store and the operator's home."""
+    return [config_path().resolve(), (data_dir() / "cron").resolve(), Path.home().resolve()]
+
+
+def _masks(workspace: Path, binds: Sequence[Bind]) -> list[str]:
+    """Arguments hiding the workspace's private folders and every hidden path that a bind would show."""
+    args: list[str] = []
+    for name in MASKED_WORKSPACE_DIRS:
+        args += ["--tmpfs", str(workspace / name), "--remount-ro", str(workspace / name)]
+    for hidden in hidden_paths():
+        if not hidden.exists():
+            continue
+        for bind in binds:
+            if not hidden.is_relative_to(bind.src):
+                continue
+            target = bind.dst / hidden.relative_to(bind.src)
+            if workspace.is_relative_to(target):
+                continue  # it would hide the workspace too, which is mounted from its own path
+            if hidden.is_dir():
+                args += ["--tmpfs", str(target), "--remount-ro", str(target)]
+            else:
+                args += ["--ro-bind", "/dev/null", str(target)]
+    return args
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path) and os.path.dirname(path) == "/":
+            args += ["--symlink", os.readlink(path), path]  # merged /usr: /bin -> usr/bin
+        else:
+            args += ["--ro-bind-try", path, path]
+    return args
+
+
+def bwrap_argv(
+    argv: Sequence[str],
+    *,
+    bwrap: str,
+    workspace: Path,
+    cwd: Path,
+    env: dict[str, str],
+    network: bool = False,
+    extra_binds: Sequence[Bind] = (),
+    tmp_size_mb: int = 256,
+    read_only: Sequence[Path] = (),
+) -> list[str]:
+    """The bwrap command line that runs `argv` in `cwd` with exactly `env`, seeing the workspace at its path."""
+    args = [bwrap, *ISOLATION]
+    if network:
+        args.append("--share-net")
+    args += _system_binds()
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_size_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+    binds = [*extra_binds, Bind(workspace, workspace, writable=True)]  # the workspace over any bind around it
+    system = [Bind(Path(p).resolve(), Path(p)) for p in SYSTEM_PATHS if os.path.exists(p)]
+    for bind in binds:
+        args += ["--bind-try" if bind.writable else "--ro-bind-try", str(bind.src), str(bind.dst)]
+    for path in read_only:  # parts of the workspace commands may read but not change (that exist now)
+        args += ["--ro-bind-try", str(path), str(path)]
+    args += _masks(workspace, [*system, *binds])
+    args += ["--remount-ro", "/"]  # the sandbox's own root (its /etc, the parents of binds); not the mounts on it
+    args.append("--clearenv")
+    for name, value in env.items():
+        args += ["--setenv", name, value]
+    args += ["--chdir", str(cwd), "--", *argv]
+    return args
