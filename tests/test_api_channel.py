@@ -19,7 +19,8 @@ import pytest
 
 from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.bus.queue import MessageBus
-from nanobot.channels.api import ApiChannel, AuthFailureThrottle, ClientKeys, UnsafeBindError, binding_refusal
+from nanobot.channels.api import ApiChannel
+from nanobot.channels.api_auth import AuthFailureThrottle, ClientKeys, UnsafeBindError, binding_refusal
 from nanobot.config.loader import ConfigError, load_config
 from nanobot.config.schema import ApiChannelConfig
 from nanobot.testing.llm_server import FakeLLM

@@ -108,7 +108,7 @@ class Gateway:
 
     async def start(self) -> None:
         if self.config.channels.api.enabled:
-            from nanobot.channels.api import binding_refusal
+            from nanobot.channels.api_auth import binding_refusal
 
             refusal = binding_refusal(self.config.channels.api)
             if refusal is not None:
