@@ -8,6 +8,7 @@ A skill whose front matter cannot be read is skipped with a warning.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -20,6 +21,8 @@ from xml.sax.saxutils import escape, quoteattr
 import yaml
 
 log = logging.getLogger(__name__)
+# libyaml's safe loader where PyYAML was built with it (about 10x faster), else the pure-Python one.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 BUILTIN_SKILLS_DIR = Path(__file__).resolve().parent.parent / "skills"
 
@@ -57,7 +60,7 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     if match is None:
         raise SkillError("front matter: no closing '---' line")
     try:
-        meta = yaml.safe_load(match.group(1))
+        meta = yaml.load(match.group(1), Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise SkillError(f"front matter: invalid YAML: {exc}".replace("\n", " ")) from None
     if meta is None:
@@ -115,7 +118,14 @@ def _bins(ours: dict[str, Any]) -> list[str]:
 
 
 def read_skill(skill_file: Path, source: str) -> Skill:
-    """The skill a SKILL.md describes; OSError when unreadable, SkillError when its front matter is unusable."""
+    """The skill a SKILL.md describes; OSError when unreadable, SkillError when its front matter is unusable.
+    Parsed once per version of the file (the skills index is part of every turn's prompt)."""
+    stat = skill_file.stat()
+    return _read_skill_version(skill_file, source, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=512)
+def _read_skill_version(skill_file: Path, source: str, _mtime_ns: int, _size: int) -> Skill:
     meta, _ = split_front_matter(skill_file.read_text(encoding="utf-8"))
     ours = _nanobot_metadata(meta)
     return Skill(

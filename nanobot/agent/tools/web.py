@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import trafilatura
 
 from nanobot.agent.tools.base import Tool
 from nanobot.agent.tools.network_guard import AddressPolicy, AddressRefused, GuardedTransport, Resolver
@@ -119,6 +118,8 @@ def fragment_text(fragment: str) -> str:
     """The text of an HTML fragment (Brave marks matches with <strong> and escapes entities), on one line."""
     if not fragment.strip():
         return ""
+    import trafilatura  # imported on first use: workers that never read a page don't carry it
+
     return " ".join(trafilatura.html2txt(f"<html><body><p>{fragment}</p></body></html>").split())
 
 
@@ -316,6 +317,8 @@ def html_to_markdown(body: bytes, charset: str | None, url: str) -> tuple[str, s
             source = body.decode(charset, errors="replace")
         except LookupError:
             pass  # an unknown charset name: let trafilatura detect the encoding
+    import trafilatura  # imported on first use: workers that never read a page don't carry it
+
     tree = trafilatura.load_html(source)
     if tree is None:
         return "", decode_text(body, charset).strip()
