@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nanobot.agent.loop import AgentLoop
+from nanobot.agent.toolset import precompile_tool_schemas
 from nanobot.config import Config, load_config
 from nanobot.config.loader import ConfigError, cron_store_path
 from nanobot.cron.service import CronService
 from nanobot.logs import quiet_http_loggers
 from nanobot.providers.factory import create_provider
-from nanobot.providers.openai_compat import tls_context
+from nanobot.providers.openai_compat import tls_context, warm_response_models
 from nanobot.session.factory import shared_turn_options
 from nanobot.session.locks import RedisConversationLockManager
 from nanobot_celery.bus import CeleryMessageBus
@@ -86,14 +87,15 @@ def get_runtime() -> WorkerRuntime:
 
 # Imported by the first LLM call, not at import time: loaded once in the worker's main process instead of
 # again in every pool child that autoscale forks.
-_LAZY_IMPORTS = ("anyio._backends._asyncio", "httpcore2", "httpcore", "openai.types.chat")
+_LAZY_IMPORTS = ("anyio._backends._asyncio", "httpcore2", "httpcore", "openai.types.chat", "redis.asyncio")
 
 
 def prepare_pool_parent() -> None:
     """`worker_init`, in the worker's main process before the pool forks.
 
-    Loads what a turn would otherwise import lazily, the TLS context of the LLM clients and the exec
-    sandbox's probe, so every child inherits them, and freezes the heap:
+    Loads what a turn would otherwise import lazily, the TLS context of the LLM clients, the SDK's response
+    models, the tools' argument validators and the exec sandbox's probe, so every child inherits them, and
+    freezes the heap:
     Celery runs `gc.collect()` before each fork (autoscale forks during a burst), which then has almost
     nothing to scan, and the frozen objects' pages stay shared with the children.
     """
@@ -103,6 +105,8 @@ def prepare_pool_parent() -> None:
         except ImportError:
             continue
     tls_context()
+    warm_response_models()
+    precompile_tool_schemas()
     try:
         # Probe bubblewrap (and warn if it cannot run) once here: the children inherit the answer.
         apply_sandbox_default(load_config())

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nanobot.agent.tools.base import Tool
 from nanobot.agent.tools.filesystem import EditFileTool, ListDirTool, ReadFileTool, WriteFileTool
 from nanobot.agent.tools.protected_paths import instruction_paths
 from nanobot.agent.tools.registry import ToolRegistry
 from nanobot.agent.tools.sandbox import choose_sandbox
 from nanobot.agent.tools.shell import ExecTool
+from nanobot.agent.tools.validation import compile_schema
 from nanobot.agent.tools.web import WebFetchTool, WebSearchTool
 from nanobot.config.schema import ToolsConfig
 
@@ -55,3 +57,21 @@ def workspace_tools(workspace: Path, config: ToolsConfig) -> ToolRegistry:
             )
         )
     return registry
+
+
+def precompile_tool_schemas() -> int:
+    """Build the argument validators of every built-in tool class now (they are cached by schema), so processes
+    forked afterwards (a worker's pool children) do not each build them on their first turn. Returns how many."""
+    import nanobot.agent.loop  # noqa: F401  (imports every built-in tool)
+
+    pending: list[type[Tool]] = [Tool]
+    built = 0
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        schema = cls.__dict__.get("parameters")
+        if isinstance(schema, dict):
+            compile_schema(schema)
+            built += 1
+    return built
+

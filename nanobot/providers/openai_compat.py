@@ -57,6 +57,22 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+def warm_response_models() -> None:
+    """Build the openai SDK's response models now (it defers that to the first reply, ~20 ms of CPU): a worker's
+    main process calls this before forking, so no pool child pays it on its first turn."""
+    from openai.types.chat import ChatCompletion
+
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    message = {"role": "assistant", "content": "", "tool_calls": [call]}
+    reply = {
+        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+    ChatCompletion.model_validate(reply)
+    ChatCompletion.construct(**reply)  # the SDK builds replies this way (no validation), through other models
+
+
 class OpenAICompatProvider(LLMProvider):
     """Chat completions with timeouts and retries (exponential backoff with jitter) on 429, 5xx and
     connection errors. When it gives up it returns an `is_error` response holding an apology, so the
