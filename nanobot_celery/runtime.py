@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nanobot.agent.loop import AgentLoop
-from nanobot.agent.toolset import precompile_tool_schemas
+from nanobot.agent.toolset import agent_tools_config, precompile_tool_schemas
 from nanobot.config import Config, load_config
 from nanobot.config.loader import ConfigError, cron_store_path
 from nanobot.cron.service import CronService
@@ -24,7 +24,6 @@ from nanobot.providers.openai_compat import tls_context, warm_response_models
 from nanobot.session.factory import shared_turn_options
 from nanobot.session.locks import RedisConversationLockManager
 from nanobot_celery.bus import CeleryMessageBus
-from nanobot_celery.sandbox_default import apply_sandbox_default
 from nanobot_celery.spawner import CelerySpawner
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,6 @@ class WorkerRuntime:
 def build_runtime(config: Config | None = None) -> WorkerRuntime:
     """Everything a task needs; no network round trip happens here (clients connect on first use)."""
     config = config or load_config()
-    apply_sandbox_default(config)
     quiet_http_loggers()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -109,7 +107,7 @@ def prepare_pool_parent() -> None:
     precompile_tool_schemas()
     try:
         # Probe bubblewrap (and warn if it cannot run) once here: the children inherit the answer.
-        apply_sandbox_default(load_config())
+        agent_tools_config(load_config())
     except ConfigError:
         pass  # each pool process reports it when it builds its runtime
     gc.freeze()

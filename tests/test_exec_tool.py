@@ -18,10 +18,8 @@ from nanobot.agent.tools import sandbox as sandbox_module
 from nanobot.agent.tools import shell
 from nanobot.agent.tools.sandbox import bwrap_problem, choose_sandbox
 from nanobot.agent.tools.shell import ExecTool, ResourceLimits
-from nanobot.agent.toolset import workspace_tools
+from nanobot.agent.toolset import agent_tools_config, workspace_tools
 from nanobot.config.schema import Config, ToolsConfig
-from nanobot_celery import sandbox_default
-from nanobot_celery.sandbox_default import apply_sandbox_default
 
 SECRETS = {
     "NANOBOT_PROVIDERS__OPENAI__API_KEY": "sk-secret-provider-4242",
@@ -351,11 +349,12 @@ def test_local_mode_default_is_unsandboxed_and_enable_flags(tmp_path: Path) -> N
 @needs_bwrap
 def test_distributed_default_is_bwrap(tmp_path: Path) -> None:
     config = Config.model_validate({"bus": {"backend": "celery"}, "agents": {"defaults": {"workspace": str(tmp_path)}}})
-    assert apply_sandbox_default(config) == "bwrap" and config.tools.exec.sandbox == "bwrap"
-    exec_tool = workspace_tools(tmp_path, config.tools).get("exec")
+    tools = agent_tools_config(config)
+    assert tools.exec.sandbox == "bwrap" and config.tools.exec.sandbox == ""  # derived, the config keeps ""
+    exec_tool = workspace_tools(tmp_path, tools).get("exec")
     assert isinstance(exec_tool, ExecTool) and exec_tool.sandbox == "bwrap"
-    explicit = Config.model_validate({"tools": {"exec": {"sandbox": "none"}}})
-    assert apply_sandbox_default(explicit) == "none"
+    explicit = Config.model_validate({"bus": {"backend": "celery"}, "tools": {"exec": {"sandbox": "none"}}})
+    assert agent_tools_config(explicit).exec.sandbox == "none"
 
 
 @needs_bwrap
@@ -383,14 +382,14 @@ def test_broken_bwrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: p
     fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
-    monkeypatch.setattr(sandbox_default, "_warned", False)
+    monkeypatch.setattr(sandbox_module, "_warned_unsandboxed", False)
     bwrap_problem.cache_clear()
     try:
         assert "No permissions to create new namespace" in (bwrap_problem() or "")
         with caplog.at_level(logging.WARNING):
             for _ in range(2):
                 config = Config.model_validate({"bus": {"backend": "celery"}})
-                assert apply_sandbox_default(config) == "none"
+                assert agent_tools_config(config).exec.sandbox == "none"
         warnings = [r.getMessage() for r in caplog.records if "exec runs without a sandbox" in r.getMessage()]
         assert len(warnings) == 1 and "No permissions" in warnings[0]
         caplog.clear()

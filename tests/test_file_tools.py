@@ -531,6 +531,7 @@ def test_operator_instructions_are_read_only_for_tools_when_many_people_share_th
     import asyncio
 
     from nanobot.agent.tools.filesystem import EditFileTool, ReadFileTool, WriteFileTool
+    from nanobot.agent.toolset import agent_tools_config
     from nanobot.config.schema import Config
 
     ws = tmp_path / "ws"
@@ -559,5 +560,17 @@ def test_operator_instructions_are_read_only_for_tools_when_many_people_share_th
     assert (ws / "AGENTS.md").read_text() == "Be kind." and not (ws / "skills" / "evil").exists()
     # One person's own workspace keeps upstream's behaviour; a distributed deployment is read-only by default.
     assert asyncio.run(WriteFileTool(ws).execute(path="AGENTS.md", content="Be brief.")).startswith("Wrote")
-    assert Config().tools.read_only_instructions is False
-    assert Config.model_validate({"bus": {"backend": "celery"}}).tools.read_only_instructions is True
+    assert agent_tools_config(Config()).read_only_instructions is False
+    assert agent_tools_config(Config.model_validate({"bus": {"backend": "celery"}})).read_only_instructions is True
+
+
+def test_a_saved_config_keeps_the_mode_default_of_read_only_instructions(tmp_path: Path) -> None:
+    """`nanobot onboard` saves a local config; switched to distributed mode later, its instructions are read-only."""
+    from nanobot.agent.toolset import agent_tools_config
+    from nanobot.config.loader import load_config, save_config
+    from nanobot.config.schema import Config
+
+    path = save_config(Config(), tmp_path / "config.json")
+    distributed = load_config(path, env={"NANOBOT_BUS__BACKEND": "celery"})
+    assert agent_tools_config(distributed).read_only_instructions is True
+    assert agent_tools_config(load_config(path, env={})).read_only_instructions is False

@@ -19,7 +19,7 @@ from nanobot.agent.subagent import SubagentManager
 from nanobot.agent.tools.message import MessageTool
 from nanobot.agent.tools.registry import ToolRegistry
 from nanobot.agent.tools.spawn import Spawner, SpawnTool
-from nanobot.agent.toolset import workspace_tools
+from nanobot.agent.toolset import agent_tools_config, workspace_tools
 from nanobot.agent.turn import TurnContext, current_turn
 from nanobot.agent.workspace import init_workspace
 from nanobot.bus.events import InboundMessage, OutboundMessage
@@ -99,7 +99,7 @@ class AgentLoop:
             max_tokens=d.max_tokens,
             memory_window=d.memory_window,
             memory_scope=config.memory_scope,
-            tools_config=config.tools,
+            tools_config=agent_tools_config(config),
             **kwargs,
         )
 

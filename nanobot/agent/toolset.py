@@ -1,8 +1,8 @@
 """Which tools an agent gets: the workspace tools for every agent, plus the conversation tools.
 
-`tools.file.enable`, `tools.exec.enable` and `tools.web.enable` leave a family out. The exec sandbox is
-chosen here from `tools.exec.sandbox`; "" means none (distributed mode turns "" into a concrete choice
-before the agent is built, see nanobot_celery/sandbox_default.py)."""
+`tools.file.enable`, `tools.exec.enable` and `tools.web.enable` leave a family out. `agent_tools_config`
+settles the defaults that depend on the mode (the exec sandbox, read-only instructions) when an agent is
+built from the whole config; `workspace_tools` takes a `ToolsConfig` as it is ("" sandbox: none)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,19 @@ from nanobot.agent.tools.sandbox import choose_sandbox
 from nanobot.agent.tools.shell import ExecTool
 from nanobot.agent.tools.validation import compile_schema
 from nanobot.agent.tools.web import WebFetchTool, WebSearchTool
-from nanobot.config.schema import ToolsConfig
+from nanobot.config.schema import Config, ToolsConfig
+
+
+def agent_tools_config(config: Config) -> ToolsConfig:
+    """`config.tools` with the defaults that depend on the mode settled, in a copy (the config, and any file it is
+    saved to, keep them unset). A distributed deployment serves many people: exec's sandbox "" becomes bubblewrap
+    where it works here (else none, with one warning), and the operator's instructions are read-only to tools."""
+    many = config.bus.backend == "celery"
+    tools = config.tools.model_copy(deep=True)
+    tools.exec.sandbox = choose_sandbox(tools.exec.sandbox, prefer_bwrap=many)  # type: ignore[assignment]
+    if tools.read_only_instructions is None:
+        tools.read_only_instructions = many
+    return tools
 
 
 def workspace_tools(workspace: Path, config: ToolsConfig) -> ToolRegistry:

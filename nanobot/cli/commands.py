@@ -95,12 +95,9 @@ def _make_agent(config: Config) -> Any:
         # Same lock and history as the workers: this turn queues behind theirs for the same session.
         import redis.asyncio as aioredis
 
-        from nanobot.bus.factory import distributed
         from nanobot.session.factory import shared_turn_options
 
         _require_redis(config)
-        # Also the workers' exec sandbox: a CLI turn in a shared deployment is confined like theirs.
-        distributed("sandbox_default").apply_sandbox_default(config)
         extra = shared_turn_options(config, aioredis.Redis.from_url(config.bus.redis_url, decode_responses=True))
     return AgentLoop.from_config(config, MessageBus(), provider, cron_service=CronService(cron_store_path()), **extra)
 

@@ -256,7 +256,8 @@ class ToolsConfig(Base):
     ssrf_whitelist: list[str] = Field(default_factory=list)
     # The operator's instructions in the workspace (AGENTS.md, SOUL.md, USER.md, TOOLS.md, IDENTITY.md,
     # HEARTBEAT.md, skills/): readable by tools, never changed by them, so one end user cannot rewrite what
-    # every other user's agent is told. Unset: on in distributed mode (many people), off in local mode.
+    # every other user's agent is told. Unset: on in distributed mode (many people), off in local mode
+    # (decided when the agent is built, `toolset.agent_tools_config`, so a saved config keeps it unset).
     read_only_instructions: bool | None = None
 
 
@@ -307,13 +308,6 @@ class Config(Base):
     @property
     def workspace_path(self) -> Path:
         return Path(self.agents.defaults.workspace).expanduser()
-
-    @model_validator(mode="after")
-    def _mode_defaults(self) -> Config:
-        """Defaults that depend on the mode: a distributed deployment serves many people."""
-        if self.tools.read_only_instructions is None:
-            self.tools.read_only_instructions = self.bus.backend == "celery"
-        return self
 
     @property
     def memory_scope(self) -> Literal["shared", "conversation"]:

@@ -43,6 +43,7 @@ SYSTEM_PATHS = (
 )
 # Workspace folders no command may read or change: every conversation's history, the agent's memory.
 MASKED_WORKSPACE_DIRS = ("sessions", "memory")
+_warned_unsandboxed = False
 
 
 def bwrap_executable() -> str | None:
@@ -74,13 +75,27 @@ def bwrap_problem() -> str | None:
 def choose_sandbox(setting: str, *, prefer_bwrap: bool) -> str:
     """The sandbox for `tools.exec.sandbox` = `setting`: "bwrap" or "none".
 
-    "" means bubblewrap when `prefer_bwrap` and it works here, else none. An explicit "bwrap" stays "bwrap" even
-    when bubblewrap cannot run: the exec tool then refuses every command (never a silent fallback)."""
+    "" means bubblewrap when `prefer_bwrap` and it works here, else none (with one warning when bubblewrap was
+    preferred). An explicit "bwrap" stays "bwrap" even when bubblewrap cannot run: the exec tool then refuses
+    every command (never a silent fallback)."""
+    global _warned_unsandboxed
     if setting in SANDBOXES:
         return setting
     if setting != "":
         raise ValueError(f"tools.exec.sandbox: {setting!r} is not one of '', 'bwrap', 'none'")
-    return "bwrap" if prefer_bwrap and bwrap_problem() is None else "none"
+    if not prefer_bwrap:
+        return "none"
+    problem = bwrap_problem()
+    if problem is None:
+        return "bwrap"
+    if not _warned_unsandboxed:  # once per process tree: a worker's pool children inherit the flag
+        _warned_unsandboxed = True
+        log.warning(
+            "exec runs without a sandbox: %s. Install bubblewrap and allow user namespaces (Docker: a seccomp "
+            "profile that permits them), or set tools.exec.sandbox to 'none' to accept this",
+            problem,
+        )
+    return "none"
 
 
 @dataclass(frozen=True)
