@@ -398,21 +398,14 @@ class ApiChannel(BaseChannel):
         if parsed.user is not None:
             metadata["api_user"] = parsed.user
         try:
-            inbound = await self._handle_message(
-                client, parsed.chat_id, parsed.content, metadata=metadata, message_id=message_id
-            )
+            # allowFrom was checked above, before a remembered reply could be given: this publishes.
+            await self._handle_message(client, parsed.chat_id, parsed.content, metadata=metadata, message_id=message_id)
         except Exception as exc:
             self._pending.pop(message_id, None)
             log.exception("api request session=%s message_id=%s: publishing failed", session_key, message_id)
             raise ApiError(
                 503, "The assistant is unavailable, try again later", kind="server_error", code="bus_unavailable"
             ) from exc
-        if inbound is None:
-            self._pending.pop(message_id, None)
-            log.info(
-                "api request client=%s session=%s message_id=%s refused: not allowed", client, session_key, message_id
-            )
-            raise self._not_allowed(client)
         if not self._running:
             # stop() ran while the message was being published.
             self._pending.pop(message_id, None)

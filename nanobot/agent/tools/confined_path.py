@@ -27,7 +27,7 @@ import os
 import stat
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +89,7 @@ class Confinement:
 
     # ------------------------------------------------------------------ opening
 
-    @contextmanager
-    def open_file(self, path: Path, shown: str) -> Iterator[Opened]:
+    def open_file(self, path: Path, shown: str) -> AbstractContextManager[Opened]:
         """`path` opened read-only (without blocking, should it be a FIFO); links inside the root followed."""
 
         def open_name(located: _Located) -> int:
@@ -103,14 +102,9 @@ class Confinement:
                     raise _Changed from exc
                 raise
 
-        opened = self._open(path, shown, open_name)
-        try:
-            yield opened
-        finally:
-            os.close(opened.fd)
+        return self._open(path, shown, open_name)
 
-    @contextmanager
-    def open_dir(self, path: Path, shown: str) -> Iterator[Opened]:
+    def open_dir(self, path: Path, shown: str) -> AbstractContextManager[Opened]:
         """`path` opened as a directory, readable with `os.scandir(fd)`."""
 
         def open_name(located: _Located) -> int:
@@ -122,11 +116,7 @@ class Confinement:
                     raise _Changed from None
                 raise
 
-        opened = self._open(path, shown, open_name)
-        try:
-            yield opened
-        finally:
-            os.close(opened.fd)
+        return self._open(path, shown, open_name)
 
     @contextmanager
     def create_file(self, path: Path, shown: str, mode: int = 0o666) -> Iterator[Opened]:
@@ -162,9 +152,7 @@ class Confinement:
                          dir_fd=located.dir_fd)
             try:
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, data)
                     if keep_mode is not None:
                         os.fchmod(fd, keep_mode)
                 finally:
@@ -180,8 +168,10 @@ class Confinement:
 
     # ------------------------------------------------------------------ the walk
 
-    def _open(self, path: Path, shown: str, open_name: Callable[[_Located], int]) -> Opened:
-        """Walk to `path` and open its last entry with `open_name`, walking again when it changed."""
+    @contextmanager
+    def _open(self, path: Path, shown: str, open_name: Callable[[_Located], int]) -> Iterator[Opened]:
+        """Walk to `path` and open its last entry with `open_name` (walking again when it changed), checked;
+        closed on leaving."""
         for _ in range(_ATTEMPTS):
             located = self._locate(path, shown, make_parents=False)
             try:
@@ -192,10 +182,10 @@ class Confinement:
                 os.close(located.dir_fd)
             try:
                 self._check_opened(fd, shown, located.path)
-            except BaseException:
+                yield Opened(fd, located.path)
+            finally:
                 os.close(fd)
-                raise
-            return Opened(fd, located.path)
+            return
         raise AccessDenied(f"access denied: '{shown}' kept changing while it was being opened; try again")
 
     @contextmanager
@@ -299,6 +289,20 @@ class Confinement:
                 continue
             if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
                 raise Protected(f"access denied: {protected.reason}")
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write the whole of `data` to `fd` (os.write may write less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def absolute_in(workspace: Path, path: str) -> Path:
+    """`path` as the model wrote it, made absolute: `~` expanded, relative to the workspace; links and `..` are
+    left for the walk."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else workspace / candidate
 
 
 def _link_target(dir_fd: int, name: str) -> str | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nanobot.agent.tools.base import Tool
-from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened
+from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened, absolute_in
 from nanobot.agent.tools.protected_paths import protected_paths
 
 MAX_READ_BYTES = 128 * 1024
@@ -44,9 +44,7 @@ class _FileTool(Tool):
         return Confinement(self.allowed_dir or Path("/"), protected)
 
     def absolute(self, path: str) -> Path:
-        """`path` with `~` expanded, made absolute against the workspace; links and `..` are left to the walk."""
-        candidate = Path(path).expanduser()
-        return candidate if candidate.is_absolute() else self.workspace / candidate
+        return absolute_in(self.workspace, path)
 
     async def execute(self, **kwargs: Any) -> str:
         try:

@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened
+from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened, write_all
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,7 @@ def _copy(source: int, target: int, limit: int) -> None:
         chunk = os.read(source, min(1024 * 1024, limit - copied))
         if not chunk:
             return
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(target, view):]
+        write_all(target, chunk)
         copied += len(chunk)
 
 

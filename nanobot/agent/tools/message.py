@@ -17,7 +17,7 @@ from typing import Any
 
 from nanobot.agent.tools import media_outbox
 from nanobot.agent.tools.base import Tool
-from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened, OutsideRoot
+from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened, OutsideRoot, absolute_in
 from nanobot.agent.tools.protected_paths import protected_paths
 from nanobot.agent.turn import turn_or_none
 from nanobot.bus.events import OutboundMessage
@@ -52,10 +52,9 @@ class MessageTool(Tool):
         with ExitStack() as stack:
             sources: list[tuple[Opened, str]] = []
             for path in paths:
-                candidate = Path(path).expanduser()
-                absolute = candidate if candidate.is_absolute() else self.workspace / candidate
                 try:
-                    sources.append((stack.enter_context(confinement.open_file(absolute, path)), path))
+                    opened = stack.enter_context(confinement.open_file(absolute_in(self.workspace, path), path))
+                    sources.append((opened, path))
                 except FileNotFoundError:
                     raise ValueError(f"'{path}' is not a file") from None
             return media_outbox.stage(confinement, self.workspace, sources)

@@ -47,7 +47,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from nanobot.agent.tools.base import Tool
-from nanobot.agent.tools.sandbox import MINIMAL_PATH, Bind, bwrap_argv, bwrap_executable, bwrap_problem, parse_binds
+from nanobot.agent.tools.sandbox import (
+    MINIMAL_PATH,
+    SANDBOXES,
+    Bind,
+    bwrap_argv,
+    bwrap_executable,
+    bwrap_problem,
+    parse_binds,
+)
 from nanobot.config.schema import ExecToolConfig
 
 log = logging.getLogger(__name__)
@@ -260,7 +268,7 @@ class ExecTool(Tool):
         read_only_paths: Sequence[Path] = (),
     ) -> None:
         """`sandbox` is "bwrap" or "none" (see sandbox.choose_sandbox); bad patterns or binds raise ValueError."""
-        if sandbox not in ("bwrap", "none"):
+        if sandbox not in SANDBOXES:
             raise ValueError(f"exec sandbox must be 'bwrap' or 'none', not {sandbox!r}")
         self.working_dir = Path(working_dir).expanduser()
         self.timeout_s = timeout_s
