@@ -15,8 +15,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # bubblewrap: the exec tool's sandbox (tools.exec.sandbox). It needs unprivileged user namespaces, which
 # Docker's default seccomp profile refuses (clone/unshare with namespace flags, mount, pivot_root), and on
-# AppArmor hosts the docker-default profile denies mount as well: in docker-compose.yml's workers exec then runs
-# unsandboxed, with a warning. Least privilege that lets it work, for the worker service only:
+# AppArmor hosts the docker-default profile denies mount as well: docker-compose.yml's workers (sandbox "bwrap")
+# then refuse every exec command; with sandbox "" exec runs unsandboxed, with a warning. Least privilege that lets
+# it work, for the worker service only (Kubernetes: see deploy/kubernetes/worker.yaml):
 #   security_opt: ["seccomp=<Docker's default profile, plus clone/unshare of namespaces, mount, umount2 and
 #                  pivot_root for every process>", "apparmor=<docker-default plus userns and mount>"]
 # (on Ubuntu 24.04 hosts, AppArmor-unconfined processes may not create user namespaces at all unless
@@ -49,6 +50,9 @@ USER nanobot
 
 # 8900: the API channel (OpenAI-compatible HTTP; set NANOBOT_CHANNELS__API__HOST=0.0.0.0 to reach it).
 # 5555: Flower (`celery -A nanobot_celery flower`).
-EXPOSE 8900 5555
+# 18790: the gateway's /health, /ready, /metrics and webhooks (gateway.port; NANOBOT_GATEWAY__HOST=0.0.0.0).
+# 9810: a worker's /health and /metrics (bus.worker.metricsPort; NANOBOT_BUS__WORKER__METRICS_HOST=0.0.0.0).
+# Neither needs a key: keep them on the private network (docs/operations.md).
+EXPOSE 8900 5555 18790 9810
 
 CMD ["nanobot", "gateway"]

@@ -20,7 +20,7 @@ from benchmarks.load import User, drive_users, make_users
 from benchmarks.measure import Load, percentiles
 from benchmarks.report import machine, print_checks, progress_bar
 from benchmarks.stack import Layout, SimulatedLLM, Stack
-from benchmarks.verdict import calls_by_turn, judge
+from benchmarks.verdict import Check, calls_by_turn, judge
 from nanobot.testing.llm_server import RecordedRequest
 
 # A killed worker's conversation is taken over once its lock expires: the lock TTL bounds recovery.
@@ -102,6 +102,7 @@ async def run_chaos(load: Load, args: argparse.Namespace, llm: SimulatedLLM, wor
         done.set()
         await chaos
         records = llm.records()
+        dead_letters = stack.dead_letters()
     finally:
         stack.stop()
     _recovery(incidents, users, records)
@@ -122,12 +123,14 @@ async def run_chaos(load: Load, args: argparse.Namespace, llm: SimulatedLLM, wor
     console.print(f"{len(latencies)} turns answered in {elapsed:.1f}s; {resends} re-sends with the same "
                   f"Idempotency-Key; latency p50 {spread.get('p50', 0):.0f} ms, p99 {spread.get('p99', 0):.0f} ms, "
                   f"max {spread.get('max', 0):.0f} ms")
+    checks.append(Check("no dead letters", dead_letters == 0,
+                        f"{dead_letters} message(s) set aside after bus.maxDeliveries failed attempts"))
     print_checks(console, "chaos drill", checks)
     out = args.out / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({
         "machine": machine(), "simulated_llm": True, "layout": layout.name, "worker_flag": layout.worker_flag,
         "users": load.users, "turns": load.turns, "llm_latency_s": load.latency_s, "lock_ttl_ms": LOCK_TTL_MS,
-        "elapsed_s": round(elapsed, 2), "resends": resends, "latency_ms": spread,
+        "elapsed_s": round(elapsed, 2), "resends": resends, "dead_letters": dead_letters, "latency_ms": spread,
         "incidents": [asdict(i) for i in incidents], "checks": [asdict(c) for c in checks],
     }, indent=2))
     console.print(f"report: {out}")

@@ -12,6 +12,7 @@ from typing import Any
 
 from benchmarks.load import Turn, User, drive_users, make_users
 from benchmarks.resources import MemoryWatch, cpu_seconds
+from benchmarks.scrape import Backlog, BacklogWatch
 from benchmarks.stack import Layout, SimulatedLLM, Stack, redis_cpu_seconds
 from benchmarks.verdict import Check, calls_by_turn, judge
 
@@ -52,6 +53,8 @@ class Result:
     cpu_ms_by_role: dict[str, float]
     redis_cpu_ms_per_turn: float
     peak_rss_mb: dict[str, float]
+    # the operator's view, from the gateway's and workers' /metrics (benchmarks/scrape.py)
+    backlog: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -127,18 +130,34 @@ async def measure(
         memory = MemoryWatch(stack.roots).start()
         cpu_before = _cpu_by_role(stack)
         redis_before = redis_cpu_seconds(redis_url)
+        watch = BacklogWatch(stack.gateway_metrics_url, stack.turn_metrics_urls(), layout.bus == "celery").start()
         started = time.perf_counter()
         users = await drive_users(stack.url, make_users(load.users, workdir.name), load.turns, on_turn)
         elapsed = time.perf_counter() - started
         cpu_after = _cpu_by_role(stack)
         redis_after = redis_cpu_seconds(redis_url)
+        backlog = await watch.stop()
         peaks = memory.stop()
         records = llm.records()
     finally:
         stack.stop()
     return summarize(layout, load, users, records, elapsed, stack.logs(),
                      {role: cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0) for role in cpu_after},
-                     redis_after - redis_before, peaks)
+                     redis_after - redis_before, peaks, backlog)
+
+
+def operator_checks(layout: Layout, backlog: Backlog | None, answered: int) -> list[Check]:
+    """What the metrics say agrees with what the users saw: every answered turn counted once, nothing left in
+    the backlog, no dead letters."""
+    if backlog is None:
+        return []
+    checks = [Check("metrics agree", backlog.turns_counted == answered,
+                    f"nanobot_turns_total {backlog.turns_counted:.0f}, turns answered {answered}")]
+    if layout.bus == "celery":
+        left = backlog.end_waiting + backlog.end_in_flight
+        checks.append(Check("backlog drained", left == 0, f"{left:.0f} message(s) left waiting or in flight"))
+        checks.append(Check("no dead letters", backlog.dead_letters == 0, f"{backlog.dead_letters:.0f} dead letter(s)"))
+    return checks
 
 
 def summarize(
@@ -151,6 +170,7 @@ def summarize(
     cpu_s: dict[str, float],
     redis_cpu_s: float,
     peaks: dict[str, float],
+    backlog: Backlog | None = None,
 ) -> Result:
     turns = [t for u in users for t in u.turns]
     answered = [t for t in turns if t.reply is not None]
@@ -167,7 +187,8 @@ def summarize(
     return Result(
         layout=layout.name, bus=layout.bus, workers=layout.workers, pool=layout.pool,
         worker_flag=layout.worker_flag if layout.bus == "celery" else "", users=load.users, turns=load.turns,
-        llm_latency_s=load.latency_s, checks=judge(users, records), elapsed_s=round(elapsed, 3),
+        llm_latency_s=load.latency_s, checks=judge(users, records) + operator_checks(layout, backlog, len(answered)),
+        elapsed_s=round(elapsed, 3),
         turns_answered=len(answered), throughput=round(steady, 2),
         throughput_whole_run=round(whole, 2), ideal=ideal,
         latency_ms=percentiles([t.latency_s * 1000 for t in answered]),
@@ -179,5 +200,6 @@ def summarize(
         cpu_ms_by_role={role: round(s * 1000 / n, 2) for role, s in cpu_s.items()},
         redis_cpu_ms_per_turn=round(redis_cpu_s * 1000 / n, 2),
         peak_rss_mb={role: round(mb, 1) for role, mb in peaks.items()},
+        backlog=backlog.to_dict() if backlog is not None else {},
         latencies_ms=[round(t.latency_s * 1000, 2) for t in answered],
     )

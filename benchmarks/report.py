@@ -83,6 +83,18 @@ def print_summary(console: Console, results: list[Result], title: str) -> None:
         )
     console.print(speed)
     console.print(cost)
+    distributed = [r for r in results if r.bus == "celery" and r.backlog]
+    if distributed:
+        ops = Table(title=f"{title}: the operator's view (gateway and worker /metrics)")
+        for column in ("layout", "peak waiting", "peak in flight", "peak oldest age s", "left at end",
+                       "dead letters", "turns counted", "redeliveries"):
+            ops.add_column(column, justify="left" if column == "layout" else "right")
+        for r in distributed:
+            b = r.backlog
+            ops.add_row(f"{r.layout} {r.worker_flag}".strip(), f"{b['peak_waiting']:.0f}", f"{b['peak_in_flight']:.0f}",
+                        f"{b['peak_oldest_age_s']:.1f}", f"{b['end_waiting'] + b['end_in_flight']:.0f}",
+                        f"{b['dead_letters']:.0f}", f"{b['turns_counted']:.0f}", f"{b['redeliveries']:.0f}")
+        console.print(ops)
 
 
 def write_json(path: Path, results: list[Result], probes: list[Result], extra: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from nanobot.config import load_config
+from nanobot.session.redis_keys import RedisKeys
 from nanobot.testing.llm_server import RecordedRequest, RemoteFakeLLM
 from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok, wait_until
 from nanobot_celery.worker import worker_argv
@@ -95,6 +96,8 @@ class Stack:
         self.prefix = f"nbbench{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.gateway_port = free_port()
+        self.worker_metrics_ports: list[int] = []
         bus: dict[str, Any] = {
             "backend": layout.bus, "redisUrl": redis_url, "keyPrefix": self.prefix, "runEmbeddedWorker": False,
         }
@@ -105,7 +108,7 @@ class Stack:
                                     "provider": "custom"}},
             "providers": {"custom": {"apiKey": "simulated", "apiBase": llm.base_url}},
             "channels": {"api": {"enabled": True, "port": self.port, "timeoutS": 300}},
-            "gateway": {"heartbeat": {"enabled": False}, "port": 0},
+            "gateway": {"heartbeat": {"enabled": False}, "port": self.gateway_port},
             "sessions": {"backend": sessions},
             "bus": bus,
         }
@@ -136,11 +139,25 @@ class Stack:
         else:
             options["concurrency"] = layout.slots
         argv = worker_argv(load_config(self.config_path), **options)
-        worker = Process(argv, self.workdir / f"worker{self._started}.log", env=self.env)
+        port = free_port()
+        self.worker_metrics_ports.append(port)
+        env = {**self.env, "NANOBOT_BUS__WORKER__METRICS_PORT": str(port)}
+        worker = Process(argv, self.workdir / f"worker{self._started}.log", env=env)
         self.workers.append(worker)
         if wait:
             wait_until(lambda: " ready." in worker.log(), 90, "worker ready", worker)
         return worker
+
+    @property
+    def gateway_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}/metrics"
+
+    def turn_metrics_urls(self) -> list[str]:
+        """The /metrics of every process that runs turns: the live workers, or the gateway in local mode."""
+        if self.layout.bus == "local":
+            return [self.gateway_metrics_url]
+        live = [port for port, w in zip(self.worker_metrics_ports, self.workers, strict=True) if w.alive]
+        return [f"http://127.0.0.1:{port}/metrics" for port in live]
 
     def kill_random_worker(self, rng: random.Random) -> Process:
         """SIGKILL a live worker's main process and its whole pool at once."""
@@ -160,6 +177,14 @@ class Stack:
             self.gateway.stop(timeout=30)
         self.start_gateway()
         return time.monotonic() - started
+
+    def dead_letters(self) -> int:
+        """Messages this stack set aside after `bus.maxDeliveries` failed attempts."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            return int(client.xlen(RedisKeys(self.prefix).dead_letters))
+        finally:
+            client.close()
 
     def roots(self) -> list[tuple[str, int]]:
         """(role, pid) of every live process this stack runs."""

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, Task
 
 import celeryconfig
 from nanobot.config import Config
 
-app = Celery("nanobot_celery", include=["nanobot_celery.tasks"])
+
+class NanobotTask(Task):
+    """Every task of the app: its requests count `celery_task_rejected` (see worker_metrics)."""
+
+    Request = "nanobot_celery.worker_metrics:CountingRequest"
+
+
+app = Celery("nanobot_celery", include=["nanobot_celery.tasks"], task_cls=NanobotTask)
 app.config_from_object(celeryconfig)
 
 

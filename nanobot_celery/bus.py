@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import socket
 import uuid
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import Config
+from nanobot.logs import log_context
+from nanobot.metrics.instruments import REDIS_RETRIES
 from nanobot.session.factory import redis_keys
 from nanobot_celery import outbound
 from nanobot_celery.lease import RedisLease
@@ -93,20 +96,27 @@ class CeleryMessageBus(MessageBus):
         assert self._accepted is not None
         while True:
             msg = await self._accepted.get()
-            delay = 0.1
-            while True:
-                try:
-                    await self.deliver_inbound(msg)
-                    break
-                except Exception as exc:
-                    if not is_connection_error(exc):
-                        log.exception("session=%s message_id=%s could not be queued", msg.session_key, msg.message_id)
-                        break
-                    log.warning("session=%s message_id=%s Redis unavailable (%s); retrying in %.1fs",
-                                msg.session_key, msg.message_id, type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            with log_context(session_key=msg.session_key, message_id=msg.message_id, channel=msg.channel):
+                await self._flush_one(msg)
             self._accepted.task_done()
+
+    async def _flush_one(self, msg: InboundMessage) -> None:
+        """Deliver one accepted message, retrying while Redis is unreachable (doubling to 5 s, jittered)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.deliver_inbound(msg)
+                return
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    log.exception("session=%s message_id=%s could not be queued", msg.session_key, msg.message_id)
+                    return
+                wait = delay * random.uniform(0.5, 1.0)
+                log.warning("session=%s message_id=%s Redis unavailable (%s); retrying in %.1fs",
+                            msg.session_key, msg.message_id, type(exc).__name__, wait)
+                REDIS_RETRIES.labels("gateway_inbound").inc()
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, 5.0)
 
     async def deliver_inbound(self, msg: InboundMessage) -> None:
         """Mailbox + doorbell now (raises while Redis is unreachable)."""
@@ -166,6 +176,10 @@ class CeleryMessageBus(MessageBus):
 
     async def ack_outbound(self, msg: OutboundMessage) -> None:
         await self.reader.ack(msg)
+
+    def outbound_failure(self) -> str | None:
+        """Why the outbound reader's last Redis call failed; None once one succeeded (or before any read)."""
+        return self._reader.failure if self._reader is not None else None
 
     async def close(self) -> None:
         pending = self._accepted.qsize() if self._accepted is not None else 0

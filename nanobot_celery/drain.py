@@ -5,7 +5,10 @@
     release; if work arrived meanwhile, go round again (closes the lost-wakeup race)
 
 A message recovered from flight whose turn is already in the history (its holder died between saving
-and committing) is answered from the history instead of being run again. `/stop` reaches the holder on
+and committing) is answered from the history instead of being run again. A message claimed more than
+`bus.maxDeliveries` times (its turns kept killing their worker or raising) is set aside in the dead letters
+(nanobot_celery/deadletters.py), its user gets an apology, and the drain goes on to the next message; what
+made an attempt raise is recorded for the next one. `/stop` reaches the holder on
 the conversation's cancel channel; a lost lock stops the turn before it can write.
 """
 
@@ -19,9 +22,12 @@ from typing import Any
 
 from nanobot.agent.loop import STOPPED_TEXT, reply_target
 from nanobot.bus.events import InboundMessage, OutboundMessage
+from nanobot.logs import log_context
+from nanobot.metrics.instruments import count_turn
 from nanobot.session.locks import LockLease, LockLost
-from nanobot_celery import outbound
+from nanobot_celery import deadletters, outbound
 from nanobot_celery.mailbox import Claimed
+from nanobot_celery.metrics import REDELIVERIES
 from nanobot_celery.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -72,25 +78,71 @@ async def _drain_locked(rt: WorkerRuntime, lease: LockLease) -> int:
             if msg is None:  # malformed entry: logged, dropped so it cannot block the conversation
                 await mailbox.commit(lease, claimed, "malformed", None)
                 continue
-            if claimed.recovered and await mailbox.is_done(sk, msg.message_id):
-                await mailbox.commit(lease, claimed, msg.message_id, None)
-                continue
-            origin = outbound.origin_of(msg)
-            token = outbound.turn_origin.set(origin)
-            try:
-                reply = await _answer(rt, lease, claimed, msg, cancels, channel)
-            except _Stop as stop:
-                handled += await _stop_queued(rt, lease, claimed, msg, stop.request)
-                continue
-            finally:
-                outbound.turn_origin.reset(token)
-            if reply is not None:
-                outbound.addressed(reply, origin)
-            if not await mailbox.commit(lease, claimed, msg.message_id, reply):
-                raise LockLost(f"session {sk}: lock lost before commit; reply dropped")
-            handled += 1
+            # Every line logged while handling it (the turn's task, created inside, included) carries these.
+            with log_context(session_key=sk, message_id=msg.message_id, channel=msg.channel):
+                try:
+                    handled += await _handle(rt, lease, claimed, msg, cancels, channel)
+                except LockLost:
+                    raise
+                except Exception as exc:
+                    await _record_failure(rt, msg, exc)
+                    raise
     finally:
         await _unlisten(rt, channel)
+
+
+async def _handle(
+    rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage, cancels: Any, channel: str
+) -> int:
+    """Answer one claimed message (or set it aside); returns how many messages were answered."""
+    mailbox = rt.bus.mailbox
+    if claimed.recovered:
+        REDELIVERIES.inc()
+        if await mailbox.is_done(msg.session_key, msg.message_id):
+            await mailbox.commit(lease, claimed, msg.message_id, None)
+            return 0
+    origin = outbound.origin_of(msg)
+    token = outbound.turn_origin.set(origin)
+    try:
+        reply = _recorded_reply(rt, claimed, msg)
+        if reply is not None:
+            count_turn("recovered")
+        elif claimed.deliveries > rt.config.bus.max_deliveries:
+            await _set_aside(rt, lease, claimed, msg)
+            return 1
+        else:
+            reply = await _answer(rt, lease, msg, cancels, channel)
+    except _Stop as stop:
+        return await _stop_queued(rt, lease, claimed, msg, stop.request)
+    finally:
+        outbound.turn_origin.reset(token)
+    if reply is not None:
+        outbound.addressed(reply, origin)
+    if not await mailbox.commit(lease, claimed, msg.message_id, reply):
+        raise LockLost(f"session {lease.session_key}: lock lost before commit; reply dropped")
+    return 1
+
+
+async def _record_failure(rt: WorkerRuntime, msg: InboundMessage, exc: Exception) -> None:
+    """Remember why handling `msg` raised, for its next delivery (and its dead letter, if it comes to that)."""
+    error = deadletters.describe_error(exc, msg.content)
+    try:
+        await rt.bus.mailbox.record_error(msg.session_key, msg.message_id, error)
+    except Exception as record_exc:  # Redis is probably what failed: the error is simply not kept
+        log.debug("could not record the failure of message_id=%s: %s", msg.message_id, record_exc)
+
+
+async def _set_aside(rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage) -> None:
+    """The message failed more than bus.maxDeliveries times: dead letters, apology, and on to the next one."""
+    error = claimed.last_error or deadletters.WORKER_DIED
+    apology = deadletters.apology(msg, claimed.deliveries)
+    entry_id = await rt.bus.mailbox.dead_letter(lease, claimed, msg, error, apology)
+    if entry_id is None:
+        raise LockLost(f"session {lease.session_key}: lock lost before setting a message aside")
+    count_turn("dead_letter")
+    # Only the error's type here: its text may quote what the user sent (`nanobot deadletters show` has it all).
+    log.warning("session=%s message_id=%s set aside in the dead letters (%s) after %d deliveries: %s",
+                msg.session_key, msg.message_id, entry_id, claimed.deliveries, error.partition(":")[0])
 
 
 async def _listen(rt: WorkerRuntime, channel: str) -> Any:
@@ -129,21 +181,28 @@ def _parse(claimed: Claimed) -> InboundMessage | None:
     try:
         return claimed.message()
     except (ValueError, json.JSONDecodeError) as exc:
-        log.error("malformed mailbox entry rejected: %s: %.200s", exc, claimed.raw)
+        log.error("malformed mailbox entry rejected (%d bytes): %s", len(claimed.raw), type(exc).__name__)
         return None
 
 
+def _recorded_reply(rt: WorkerRuntime, claimed: Claimed, msg: InboundMessage) -> OutboundMessage | None:
+    """For a recovered message whose turn is already in the history: its reply, taken from there."""
+    if not claimed.recovered:
+        return None
+    session = rt.agent.sessions.load(msg.session_key)
+    recorded = session.recorded_reply(msg.message_id) if session else None
+    if recorded is None:
+        log.info("session=%s message_id=%s recovered (delivery %d): its turn did not finish",
+                 msg.session_key, msg.message_id, claimed.deliveries)
+        return None
+    log.info("session=%s message_id=%s recovered: reply taken from history", msg.session_key, msg.message_id)
+    channel, chat_id = reply_target(msg)
+    return OutboundMessage(channel, chat_id, recorded, reply_to=msg.message_id)
+
+
 async def _answer(
-    rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage, cancels: Any, channel: str
+    rt: WorkerRuntime, lease: LockLease, msg: InboundMessage, cancels: Any, channel: str
 ) -> OutboundMessage | None:
-    if claimed.recovered:
-        session = rt.agent.sessions.load(msg.session_key)
-        recorded = session.recorded_reply(msg.message_id) if session else None
-        if recorded is not None:
-            log.info("session=%s message_id=%s recovered: reply taken from history", msg.session_key, msg.message_id)
-            channel, chat_id = reply_target(msg)
-            return OutboundMessage(channel, chat_id, recorded, reply_to=msg.message_id)
-        log.info("session=%s message_id=%s recovered: running it again", msg.session_key, msg.message_id)
     turn = asyncio.create_task(rt.agent.run_turn(msg, lease))
     watch = asyncio.create_task(_watch(lease, cancels, channel))
     try:
@@ -160,6 +219,7 @@ async def _answer(
         raise failure  # LockLost: the turn found its lock gone; anything else run_turn lets out
     stop = None if watch.cancelled() else watch.result()
     if lease.lost or stop is None:
+        count_turn("lock_lost")
         raise LockLost(f"session {lease.session_key}: lock lost during the turn")
     raise _Stop(stop)
 
@@ -181,9 +241,12 @@ async def _stop_queued(
     rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage, request: InboundMessage
 ) -> int:
     """/stop: the running turn was cancelled; answer it and every message queued behind it with
-    'Stopped', then answer the /stop itself."""
+    'Stopped', then answer the /stop itself.
+
+    The stopped message leaves flight before the next claim: `claim` hands back what is in flight first."""
     mailbox = rt.bus.mailbox
-    stopped = [(claimed, msg)]
+    await _answer_stopped(rt, lease, claimed, msg)
+    stopped = 1
     waiting = int(await rt.bus.redis.llen(rt.bus.keys.mailbox(lease.session_key)))
     for _ in range(waiting):
         nxt = await mailbox.claim(lease)
@@ -193,16 +256,20 @@ async def _stop_queued(
         if parsed is None:
             await mailbox.commit(lease, nxt, "malformed", None)
             continue
-        stopped.append((nxt, parsed))
-    for item, m in stopped:
-        channel, chat_id = reply_target(m)
-        reply = outbound.addressed(OutboundMessage(channel, chat_id, STOPPED_TEXT, reply_to=m.message_id),
-                                   outbound.origin_of(m))
-        if not await mailbox.commit(lease, item, m.message_id, reply):
-            raise LockLost(f"session {lease.session_key}: lock lost while stopping")
-    log.info("session=%s message_id=%s /stop: %d turn(s)", lease.session_key, request.message_id, len(stopped))
+        await _answer_stopped(rt, lease, nxt, parsed)
+        stopped += 1
+    log.info("session=%s message_id=%s /stop: %d turn(s)", lease.session_key, request.message_id, stopped)
     done = OutboundMessage(
-        request.channel, request.chat_id, f"⏹ Stopped {len(stopped)} task(s).", reply_to=request.message_id
+        request.channel, request.chat_id, f"⏹ Stopped {stopped} task(s).", reply_to=request.message_id
     )
     await rt.bus.publish_outbound(outbound.addressed(done, outbound.origin_of(request)))
-    return len(stopped)
+    return stopped
+
+
+async def _answer_stopped(rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage) -> None:
+    channel, chat_id = reply_target(msg)
+    reply = outbound.addressed(OutboundMessage(channel, chat_id, STOPPED_TEXT, reply_to=msg.message_id),
+                               outbound.origin_of(msg))
+    if not await rt.bus.mailbox.commit(lease, claimed, msg.message_id, reply):
+        raise LockLost(f"session {lease.session_key}: lock lost while stopping")
+    count_turn("stopped")

@@ -5,12 +5,17 @@ lock moves the head to an in-flight list (`claim`), runs the turn, and `commit`s
 outbound channel, the message is marked done and leaves the in-flight list — all in one Lua script that
 first checks the lock is still ours. A holder that dies leaves its message in flight, where the next
 holder finds it first. Celery tasks only ring the doorbell: they carry the session key, never a message.
+
+Each claim counts a delivery of the message (`keys.deliveries`, with the error its last attempt recorded);
+commit forgets the count. Past `bus.maxDeliveries`, `dead_letter` sets the message aside instead of
+committing a reply (nanobot_celery/deadletters.py), fenced like commit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,18 +33,33 @@ redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
 return 1
 """
-# KEYS: lock, inflight, mailbox. ARGV: token. Returns {item, recovered} or {} when empty.
+# KEYS: lock, inflight, mailbox, deliveries. ARGV: token, deliveries ttl s.
+# Returns {item, recovered, deliveries, last error} or {} when empty. Each claim of a message counts one delivery
+# (field = its message id); the error its previous attempt recorded is handed over once and forgotten.
 _CLAIM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('NANOBOT_LOCK_LOST') end
+local recovered = 1
 local item = redis.call('LINDEX', KEYS[2], 0)
-if item then return {item, 1} end
-item = redis.call('LMOVE', KEYS[3], KEYS[2], 'LEFT', 'RIGHT')
-if item then return {item, 0} end
-return {}
+if not item then
+  recovered = 0
+  item = redis.call('LMOVE', KEYS[3], KEYS[2], 'LEFT', 'RIGHT')
+end
+if not item then return {} end
+local count, err = 0, ''
+local ok, data = pcall(cjson.decode, item)
+if ok and type(data) == 'table' and (type(data['message_id']) == 'string' or type(data['message_id']) == 'number') then
+  local id = tostring(data['message_id'])
+  count = redis.call('HINCRBY', KEYS[4], id, 1)
+  err = redis.call('HGET', KEYS[4], 'error:' .. id) or ''
+  if err ~= '' then redis.call('HDEL', KEYS[4], 'error:' .. id) end
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
+return {item, recovered, count, err}
 """
-# KEYS: lock, inflight, message record, outbound. ARGV: token, item, reply ('' = none), maxlen, ttl, mode.
-_COMMIT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+# Shared tail of commit and dead-letter: publish the reply, mark the message done, drop it from flight, forget
+# its delivery count. KEYS: lock, inflight, message record, outbound, deliveries.
+# ARGV: token, item, reply ('' = none), maxlen, ttl, mode, message id.
+_FINISH = """
 if ARGV[3] ~= '' then
   if ARGV[6] == 'pubsub' then
     redis.call('PUBLISH', KEYS[4], ARGV[3])
@@ -49,7 +69,23 @@ if ARGV[3] ~= '' then
 end
 redis.call('SET', KEYS[3], 'done', 'EX', ARGV[5])
 redis.call('LREM', KEYS[2], 1, ARGV[2])
+redis.call('HDEL', KEYS[5], ARGV[7], 'error:' .. ARGV[7])
+"""
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+""" + _FINISH + """
 return 1
+"""
+# As commit (the reply is the apology), after adding the message to the dead letters. KEYS: commit's, dead
+# letters. ARGV: commit's, then dead-letter maxlen, session key, channel, chat id, error, deliveries, dead_at.
+# Returns the dead-letter entry id, or 0 if the lock is no longer ours.
+_DEAD_LETTER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local id = redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*',
+  'session_key', ARGV[9], 'message_id', ARGV[7], 'channel', ARGV[10], 'chat_id', ARGV[11],
+  'error', ARGV[12], 'deliveries', ARGV[13], 'dead_at', ARGV[14], 'entry', ARGV[2])
+""" + _FINISH + """
+return id
 """
 # KEYS: mailbox, inflight, busy set. ARGV: session key. Forget an idle conversation.
 _FORGET_IF_IDLE = """
@@ -60,6 +96,7 @@ return 0
 """
 
 OUTBOUND_MAXLEN = 100_000
+DEAD_LETTERS_MAXLEN = 100_000
 # Metadata key naming the gateway that accepted a message; its replies carry it back to that gateway.
 ORIGIN = "_gateway"
 
@@ -68,6 +105,8 @@ ORIGIN = "_gateway"
 class Claimed:
     raw: str  # the exact mailbox entry, needed to remove it from the in-flight list
     recovered: bool  # it was already in flight: a previous holder died or lost the lock while on it
+    deliveries: int = 0  # times this message was claimed, this claim included (0: entry without a message id)
+    last_error: str = ""  # why its previous attempt failed, when that attempt recorded it
 
     def message(self) -> InboundMessage:
         """Raises ValueError on a malformed entry."""
@@ -91,6 +130,7 @@ class Mailbox:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._claim = redis.register_script(_CLAIM)
         self._commit = redis.register_script(_COMMIT)
+        self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._forget = redis.register_script(_FORGET_IF_IDLE)
 
     async def enqueue(self, msg: InboundMessage) -> bool:
@@ -107,7 +147,8 @@ class Mailbox:
         sk = lease.session_key
         try:
             result = await self._claim(
-                keys=[self.keys.lock(sk), self.keys.inflight(sk), self.keys.mailbox(sk)], args=[lease.token]
+                keys=[self.keys.lock(sk), self.keys.inflight(sk), self.keys.mailbox(sk), self.keys.deliveries(sk)],
+                args=[lease.token, self.dedup_ttl_s],
             )
         except Exception as exc:
             if "NANOBOT_LOCK_LOST" in str(exc):
@@ -115,19 +156,51 @@ class Mailbox:
             raise
         if not result:
             return None
-        return Claimed(raw=result[0], recovered=bool(int(result[1])))
+        return Claimed(raw=result[0], recovered=bool(int(result[1])), deliveries=int(result[2]),
+                       last_error=str(result[3] or ""))
 
     async def is_done(self, session_key: str, message_id: str) -> bool:
         return await self.redis.get(self.keys.message(session_key, message_id)) == "done"
 
     async def commit(self, lease: LockLease, claimed: Claimed, message_id: str, reply: OutboundMessage | None) -> bool:
         """Publish the reply, mark the message done, drop it from flight; False if the lock is no longer ours."""
+        keys, args = self._finish_params(lease, claimed, message_id, reply)
+        return bool(await self._commit(keys=keys, args=args))
+
+    async def dead_letter(
+        self, lease: LockLease, claimed: Claimed, msg: InboundMessage, error: str, apology: OutboundMessage
+    ) -> str | None:
+        """Set the message aside in the dead letters and answer it with `apology`, as one fenced step, like
+        commit. Returns the dead-letter entry id; None if the lock is no longer ours."""
+        sk = lease.session_key
+        keys, args = self._finish_params(lease, claimed, msg.message_id, apology)
+        keys.append(self.keys.dead_letters)
+        args += [DEAD_LETTERS_MAXLEN, sk, msg.channel, msg.chat_id, error, claimed.deliveries, int(time.time())]
+        entry_id = await self._dead_letter(keys=keys, args=args)
+        return str(entry_id) if entry_id and entry_id != 0 else None
+
+    def _finish_params(
+        self, lease: LockLease, claimed: Claimed, message_id: str, reply: OutboundMessage | None
+    ) -> tuple[list[str], list[Any]]:
         sk = lease.session_key
         stream = self.keys.outbound_for(reply.metadata.get(ORIGIN) if reply is not None else None)
-        keys = [self.keys.lock(sk), self.keys.inflight(sk), self.keys.message(sk, message_id), stream]
+        keys = [
+            self.keys.lock(sk), self.keys.inflight(sk), self.keys.message(sk, message_id), stream,
+            self.keys.deliveries(sk),
+        ]
         body = json.dumps(reply.to_dict(), ensure_ascii=False) if reply is not None else ""
-        args = [lease.token, claimed.raw, body, OUTBOUND_MAXLEN, self.dedup_ttl_s, self.outbound_mode]
-        return bool(await self._commit(keys=keys, args=args))
+        args: list[Any] = [
+            lease.token, claimed.raw, body, OUTBOUND_MAXLEN, self.dedup_ttl_s, self.outbound_mode, message_id
+        ]
+        return keys, args
+
+    async def record_error(self, session_key: str, message_id: str, error: str) -> None:
+        """Remember why this message's attempt failed: its next claim hands it over (and a dead letter keeps it)."""
+        key = self.keys.deliveries(session_key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, f"error:{message_id}", error)
+            pipe.expire(key, self.dedup_ttl_s)
+            await pipe.execute()
 
     async def forget_if_idle(self, session_key: str) -> None:
         keys = [self.keys.mailbox(session_key), self.keys.inflight(session_key), self.keys.busy_sessions]

@@ -76,6 +76,7 @@ class StreamReader:
         self.claim_idle_ms = claim_idle_ms
         self._backlog: list[tuple[str, str, dict[str, str]]] = []  # (stream, entry id, fields)
         self._started = False
+        self.failure: str | None = None  # why the last read from Redis failed; None after one succeeded
 
     async def _start(self) -> None:
         for stream in self.streams:
@@ -98,8 +99,12 @@ class StreamReader:
             self._backlog.extend((stream, entry_id, fields) for entry_id, fields in entries if fields)
 
     async def read(self) -> OutboundMessage:
-        if not self._started:
-            await self._start()
+        try:
+            if not self._started:
+                await self._start()
+        except Exception as exc:
+            self.failure = type(exc).__name__
+            raise
         while True:
             if not self._backlog:
                 try:
@@ -107,9 +112,11 @@ class StreamReader:
                         self.group, self.name, dict.fromkeys(self.streams, ">"), count=100, block=1000
                     )
                 except Exception as exc:
+                    self.failure = type(exc).__name__
                     if "NOGROUP" in str(exc):  # Redis came back without our group (no persistence): recreate it
                         self._started = False
                     raise
+                self.failure = None
                 self._keep(got)
                 continue
             stream, entry_id, fields = self._backlog.pop(0)
@@ -135,13 +142,19 @@ class PubSubReader:
         self.redis = redis
         self.channels = channels
         self._pubsub: Any = None
+        self.failure: str | None = None  # why the last read from Redis failed; None after one succeeded
 
     async def read(self) -> OutboundMessage:
-        if self._pubsub is None:
-            self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            await self._pubsub.subscribe(*self.channels)
         while True:
-            message = await self._pubsub.get_message(timeout=1.0)
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                    await self._pubsub.subscribe(*self.channels)
+                message = await self._pubsub.get_message(timeout=1.0)
+            except Exception as exc:
+                self.failure = type(exc).__name__
+                raise
+            self.failure = None
             if message is None:
                 await asyncio.sleep(0)
                 continue

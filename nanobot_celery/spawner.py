@@ -25,5 +25,5 @@ class CelerySpawner:
 
         job = SubagentTask(uuid.uuid4().hex[:8], task, label or task[:30], channel, chat_id, session_key)
         await asyncio.to_thread(app.send_task, RUN_SUBAGENT, args=[asdict(job)], queue=SUBAGENT_QUEUE)
-        log.info("subagent=%s session=%s queued: %s", job.id, session_key, job.label)
+        log.info("subagent=%s session=%s queued", job.id, session_key)
         return f"Subagent '{job.label}' started (id {job.id}); it will report back when done."

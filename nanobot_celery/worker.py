@@ -3,6 +3,7 @@ worker run exactly what `celery -A nanobot_celery worker ...` would."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from nanobot.config.schema import Config
@@ -17,9 +18,11 @@ def worker_argv(
     concurrency: int | None = None,
     queues: str | None = None,
     name: str | None = None,
-    loglevel: str = "INFO",
+    loglevel: str | None = None,
 ) -> list[str]:
+    """`loglevel` defaults to $NANOBOT_LOG_LEVEL, else the config's `logging.level`."""
     w = config.bus.worker
+    loglevel = loglevel or os.environ.get("NANOBOT_LOG_LEVEL") or config.logging.level
     pool = pool or w.pool
     argv = [sys.executable, "-m", "celery", "-A", "nanobot_celery", "worker", f"--pool={pool}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",

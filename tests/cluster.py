@@ -49,7 +49,7 @@ class Cluster:
         bus_config = {
             "backend": "celery", "redisUrl": self.redis_url, "keyPrefix": self.prefix, "shards": 4,
             "runEmbeddedWorker": False, "sweepIntervalS": 0.5, "lock": {"ttlMs": 3000},
-            "worker": {"pool": "prefork", "autoscale": "4,2"},
+            "worker": {"pool": "prefork", "autoscale": "4,2", "metricsPort": 0},
         }
         bus_config.update(bus)
         self.config_path = write_config(
@@ -75,10 +75,13 @@ class Cluster:
         self._logs += 1
         return self.tmp_path / f"{self._logs:02d}-{name}.log"
 
-    def start_worker(self, **options: Any) -> Process:
+    def start_worker(self, metrics_port: int | None = None, env: dict[str, str] | None = None,
+                     **options: Any) -> Process:
+        """A worker; with `metrics_port` its main process serves /metrics and /health there."""
         name = options.pop("name", f"w{len(self.workers)}-{uuid.uuid4().hex[:4]}@%h")
         argv = worker_argv(self.config, name=name, **options)
-        proc = Process(argv, self._log("worker"), env=self.env)
+        extra = {"NANOBOT_BUS__WORKER__METRICS_PORT": str(metrics_port)} if metrics_port else {}
+        proc = Process(argv, self._log("worker"), env={**self.env, **extra, **(env or {})})
         self.workers.append(proc)
         wait_until(lambda: " ready." in proc.log(), 60, "worker ready", proc)
         return proc

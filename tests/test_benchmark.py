@@ -108,6 +108,11 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
     assert main["throughput"] > 0 and main["cpu_ms_per_turn"] > 0
     assert main["peak_rss_mb"]["gateway"] > 0 and main["peak_rss_mb"]["worker child"] > 0
     assert len(main["latencies_ms"]) == 15
+    # the operator's view from /metrics: every turn counted once, the backlog sampled and drained, no dead letters
+    backlog = main["backlog"]
+    assert backlog["turns_counted"] == 15 and backlog["samples"] >= 2
+    assert backlog["end_waiting"] == 0 and backlog["end_in_flight"] == 0 and backlog["dead_letters"] == 0
+    assert {c["name"] for c in main["checks"]} >= {"metrics agree", "backlog drained", "no dead letters"}
     assert [r["layout"] for r in report["overhead_probe"]] == ["local", "celery 1w prefork"]
     assert all(r["passed"] and r["turns_answered"] == 40 for r in report["overhead_probe"])
     assert list((tmp_path / "out").glob("*.png"))

@@ -4,11 +4,13 @@ No Docker engine runs here, so nothing is built or started: instead every NANOBO
 config key, every command line must parse with the real CLI (nanobot's typer app, Celery's worker command,
 Flower's options), and the image must install everything pyproject.toml packages. Nothing unauthenticated is
 published, no secret is on a command line, and Redis's entrypoint and healthcheck run here as written, with
-the installed redis-server.
+the installed redis-server; so do the gateway's (/ready, against the real GatewayHttp) and the workers'
+(`python -m nanobot_celery.probe`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import itertools
 import json
@@ -17,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -30,6 +33,7 @@ import typer.main
 from nanobot.cli.commands import app as nanobot_cli
 from nanobot.config.loader import _NOT_OVERRIDES, ENV_CONFIG_PATH, ENV_PREFIX, apply_env_overrides, unknown_keys
 from nanobot.config.schema import Config
+from nanobot.gateway.http import GatewayHttp
 from nanobot.testing.processes import free_port
 
 yaml = pytest.importorskip("yaml")
@@ -278,6 +282,81 @@ def test_worker_command(compose: dict[str, Any], celery_app: Any) -> None:
 
     grace = seconds(worker.get("stop_grace_period", "10s"))
     assert grace > celeryconfig.worker_soft_shutdown_timeout, "Docker would SIGKILL during the soft shutdown"
+
+
+# ---------------------------------------------------------------------------- healthchecks
+def healthcheck_argv(svc: dict[str, Any]) -> list[str]:
+    test = (svc.get("healthcheck") or {}).get("test")
+    assert isinstance(test, list) and test[0] == "CMD", f"healthcheck must be exec form: {test!r}"
+    return [str(part) for part in test[1:]]
+
+
+async def run_healthcheck(argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Run a healthcheck here (`python` = this interpreter), in the event loop that serves its target."""
+    if argv[0] == "python":
+        argv = [sys.executable, *argv[1:]]
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        return await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_gateway_healthcheck_is_readiness(compose: dict[str, Any]) -> None:
+    """The gateway's healthcheck GETs /ready on gateway.port: it passes on 200 and fails on the 503 a gateway
+    answers when Redis, the outbound reader or a channel is down (run here against the real GatewayHttp)."""
+    gateway = service(compose, "gateway")
+    config = config_of(gateway)
+    argv = healthcheck_argv(gateway)
+    url = f"http://127.0.0.1:{config.gateway.port}/ready"
+    assert argv[:2] == ["python", "-c"] and url in argv[2], argv
+    assert config.gateway.host == "0.0.0.0", "reachable by a Prometheus inside the compose network"
+    assert config.gateway.port not in published(gateway), "/metrics and /ready are not published"
+
+    async def scenario() -> tuple[int, int, int]:
+        reasons: list[str] = []
+
+        async def ready() -> list[str]:
+            return list(reasons)
+
+        server = GatewayHttp("127.0.0.1", 0, ready=ready)
+        await server.start()
+        try:
+            here = [argv[0], argv[1], argv[2].replace(f":{config.gateway.port}/", f":{server.port}/")]
+            healthy = await run_healthcheck(here)
+            reasons.append("redis: unreachable")
+            unready = await run_healthcheck(here)
+        finally:
+            await server.stop()
+        gone = await run_healthcheck(here)
+        return healthy, unready, gone
+
+    healthy, unready, gone = asyncio.run(scenario())
+    assert healthy == 0 and unready != 0 and gone != 0
+
+
+def test_worker_healthcheck_is_the_probe(compose: dict[str, Any], tmp_path: Path) -> None:
+    """The workers' healthcheck is `python -m nanobot_celery.probe`, which reads the metrics port from the config
+    (the service's environment); their /health and /metrics listen on the compose network, not on the host."""
+    worker = service(compose, "worker")
+    argv = healthcheck_argv(worker)
+    assert argv == ["python", "-m", "nanobot_celery.probe"], argv
+    config = config_of(worker)
+    assert config.bus.worker.metrics_port and config.bus.worker.metrics_host == "0.0.0.0"
+    assert config.bus.worker.metrics_port not in published(worker)
+    assert seconds(worker["healthcheck"]["start_period"]) >= 10, "give the worker time to connect first"
+
+    # With the worker's variables (its metrics port moved to a free one here): no worker listening -> unhealthy.
+    port = free_port()
+    config_file = tmp_path / "config.json"
+    config_file.write_text("{}", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(overrides(environment(worker)))
+    env.update({ENV_CONFIG_PATH: str(config_file), "NANOBOT_BUS__WORKER__METRICS_PORT": str(port)})
+    assert asyncio.run(run_healthcheck(argv, env)) == 1
 
 
 def test_flower_command(compose: dict[str, Any]) -> None:

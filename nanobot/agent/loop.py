@@ -3,6 +3,10 @@
 One turn = load the conversation's history, ask the LLM (running the tools it calls), publish the reply,
 save the history. Turns of one conversation run one at a time and in arrival order; different
 conversations run concurrently (see nanobot/session/locks.py).
+
+Every turn is measured (`TurnMeter`): queue and lock wait, duration, turns running, and its outcome in
+`nanobot_turns_total` (ok, error, lock_lost here; stopped for a /stop in local mode; distributed mode's drain
+counts the rest).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +30,8 @@ from nanobot.agent.workspace import init_workspace
 from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import Config, ToolsConfig
+from nanobot.logs import log_context
+from nanobot.metrics.instruments import LOCK_WAIT, QUEUE_WAIT, TURN_DURATION, TURNS, TURNS_RUNNING
 from nanobot.providers.base import LLMProvider
 from nanobot.session.factory import SessionStore
 from nanobot.session.locks import ConversationLockManager, LocalConversationLockManager, LockLease, LockLost
@@ -43,6 +50,41 @@ HELP_TEXT = (
 )
 STOPPED_TEXT = "⏹ Stopped."
 ERROR_TEXT = "Sorry, something went wrong while handling your message ({error}). Please try again."
+
+# The turn outcomes this module records (drain records the others), their counters looked up once.
+TURN_OK, TURN_ERROR, TURN_STOPPED, TURN_LOCK_LOST = "ok", "error", "stopped", "lock_lost"
+_TURN_COUNTERS = {outcome: TURNS.labels(outcome) for outcome in (TURN_OK, TURN_ERROR, TURN_STOPPED, TURN_LOCK_LOST)}
+
+
+def queue_wait_s(msg: InboundMessage) -> float:
+    """Seconds from the message's arrival at its channel until now (never negative: clocks may step)."""
+    stamp = msg.timestamp
+    return max(0.0, (datetime.now(stamp.tzinfo) - stamp).total_seconds())
+
+
+class TurnMeter:
+    """The metrics of one turn: created when it starts (queue and lock wait, turns running), `finish`ed once
+    on every exit (duration, and the outcome when there is one to count)."""
+
+    __slots__ = ("_done", "started")
+
+    def __init__(self, msg: InboundMessage, lock_wait_s: float) -> None:
+        QUEUE_WAIT.observe(queue_wait_s(msg))
+        LOCK_WAIT.observe(lock_wait_s)
+        TURNS_RUNNING.inc()
+        self.started = time.monotonic()
+        self._done = False
+
+    def finish(self, outcome: str | None) -> float:
+        """Record the end of the turn and return its duration; a second call records nothing."""
+        duration = time.monotonic() - self.started
+        if not self._done:
+            self._done = True
+            TURN_DURATION.observe(duration)
+            TURNS_RUNNING.dec()
+            if outcome is not None:
+                _TURN_COUNTERS[outcome].inc()
+        return duration
 
 
 class AgentLoop:
@@ -170,15 +212,19 @@ class AgentLoop:
 
     async def _dispatch(self, msg: InboundMessage) -> None:
         """Run one bus turn under its conversation lock and publish what it answers."""
+        counted = False  # run_turn counted the turn's outcome
         try:
             async with self.locks.hold(msg.session_key) as lease:
                 reply = await self.run_turn(msg, lease)
+                counted = True
                 if reply is not None:
                     await self.bus.publish_outbound(reply)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task not in self._stopped:
                 raise
+            if not counted:  # stopped while queued for the lock or running (not while publishing its reply)
+                _TURN_COUNTERS[TURN_STOPPED].inc()
             channel, chat_id = reply_target(msg)
             await self.bus.publish_outbound(
                 OutboundMessage(channel=channel, chat_id=chat_id, content=STOPPED_TEXT, reply_to=msg.message_id)
@@ -187,33 +233,45 @@ class AgentLoop:
     # ------------------------------------------------------------------ one turn
     async def run_turn(self, msg: InboundMessage, lease: LockLease | None = None) -> OutboundMessage | None:
         """Process a message whose conversation lock is held. Never raises, except cancellation: an error
-        becomes an apology reply, so a person always gets an answer."""
-        started = time.monotonic()
+        becomes an apology reply, so a person always gets an answer. Every line it logs carries the turn's
+        session key and message id."""
+        with log_context(session_key=msg.session_key, message_id=msg.message_id, channel=msg.channel):
+            return await self._metered_turn(msg, lease)
+
+    async def _metered_turn(self, msg: InboundMessage, lease: LockLease | None) -> OutboundMessage | None:
         waited = lease.waited_s if lease else 0.0
         log.info("turn start session=%s message_id=%s channel=%s lock_wait_ms=%.1f",
                  msg.session_key, msg.message_id, msg.channel, waited * 1000)
+        meter = TurnMeter(msg, waited)
+        outcome: str | None = None  # stays None on cancellation: whoever cancelled counts it
         try:
-            reply = await self._process_message(msg, lease=lease)
+            reply, failed = await self._run_message(msg, lease=lease)
+            outcome = TURN_ERROR if failed else TURN_OK
         except asyncio.CancelledError:
             log.info("turn cancelled session=%s message_id=%s", msg.session_key, msg.message_id)
             raise
         except LockLost:
+            outcome = TURN_LOCK_LOST
             log.warning("turn abandoned session=%s message_id=%s: lock lost", msg.session_key, msg.message_id)
             raise
         except Exception as exc:
+            outcome = TURN_ERROR
             log.exception("turn failed session=%s message_id=%s", msg.session_key, msg.message_id)
             channel, chat_id = reply_target(msg)
             reply = OutboundMessage(
                 channel=channel, chat_id=chat_id, content=ERROR_TEXT.format(error=type(exc).__name__),
                 reply_to=msg.message_id,
             )
+        finally:
+            duration = meter.finish(outcome)
         log.info("turn done session=%s message_id=%s duration_ms=%.1f",
-                 msg.session_key, msg.message_id, (time.monotonic() - started) * 1000)
+                 msg.session_key, msg.message_id, duration * 1000)
         return reply
 
-    async def _process_message(
+    async def _run_message(
         self, msg: InboundMessage, on_progress: ProgressCallback | None = None, lease: LockLease | None = None
-    ) -> OutboundMessage | None:
+    ) -> tuple[OutboundMessage | None, bool]:
+        """The turn's reply, and whether it is the provider's apology (the model could not be reached)."""
         channel, chat_id = reply_target(msg)
         key = msg.session_key
         if self.reload_history:
@@ -223,7 +281,7 @@ class AgentLoop:
         command = msg.content.strip().lower()
         if msg.channel != "system" and command in ("/new", "/help"):
             text = HELP_TEXT if command == "/help" else await self._start_new_session(session, lease)
-            return OutboundMessage(channel=channel, chat_id=chat_id, content=text, reply_to=msg.message_id)
+            return OutboundMessage(channel=channel, chat_id=chat_id, content=text, reply_to=msg.message_id), False
 
         turn = TurnContext(channel=channel, chat_id=chat_id, session_key=key, message_id=msg.message_id)
         token = current_turn.set(turn)
@@ -254,8 +312,8 @@ class AgentLoop:
         self._save(session, lease)
 
         if turn.replied_in_turn:
-            return None
-        return OutboundMessage(channel=channel, chat_id=chat_id, content=content, reply_to=msg.message_id)
+            return None, result.error
+        return OutboundMessage(channel=channel, chat_id=chat_id, content=content, reply_to=msg.message_id), result.error
 
     def _progress_publisher(self, msg: InboundMessage, channel: str, chat_id: str) -> ProgressCallback:
         async def publish(text: str, is_tool_hint: bool) -> None:
@@ -310,10 +368,23 @@ class AgentLoop:
         msg = InboundMessage(
             channel=channel, sender_id="user", chat_id=chat_id, content=content, session_key_override=session_key
         )
-        async with self.locks.hold(session_key) as lease:
-            log.info("direct turn session=%s message_id=%s lock_wait_ms=%.1f",
-                     session_key, msg.message_id, lease.waited_s * 1000)
-            reply = await self._process_message(msg, on_progress=on_progress, lease=lease)
+        with log_context(session_key=session_key, message_id=msg.message_id, channel=channel):
+            async with self.locks.hold(session_key) as lease:
+                log.info("direct turn session=%s message_id=%s lock_wait_ms=%.1f",
+                         session_key, msg.message_id, lease.waited_s * 1000)
+                meter = TurnMeter(msg, lease.waited_s)
+                outcome: str | None = TURN_ERROR  # an exception propagates to the caller, as before
+                try:
+                    reply, failed = await self._run_message(msg, on_progress=on_progress, lease=lease)
+                    outcome = TURN_ERROR if failed else TURN_OK
+                except asyncio.CancelledError:
+                    outcome = None
+                    raise
+                except LockLost:
+                    outcome = TURN_LOCK_LOST
+                    raise
+                finally:
+                    meter.finish(outcome)
         return reply.content if reply else ""
 
     async def close(self) -> None:

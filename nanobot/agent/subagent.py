@@ -104,7 +104,7 @@ class SubagentManager:
         runner = asyncio.create_task(self._run(job), name=f"subagent-{job.id}")
         self._running[job.id] = (session_key, runner)
         runner.add_done_callback(lambda _t: self._running.pop(job.id, None))
-        log.info("subagent=%s session=%s spawned: %s", job.id, session_key, job.label)
+        log.info("subagent=%s session=%s spawned", job.id, session_key)
         return f"Subagent '{job.label}' started (id {job.id}); it will report back when done."
 
     async def _run(self, job: SubagentTask) -> None:

@@ -26,6 +26,10 @@ Failed authentications are counted per client address (`request.remote`; behind 
 proxy): once an address has `authFailuresPerMinute` of them within a sliding minute, it gets 429 with
 Retry-After, without its key even being checked, until the oldest leaves the window. Logs name clients,
 sessions and message ids, never a key.
+
+Chat completion requests that do not become a message are counted in `nanobot_inbound_messages_total`
+(`inbound_outcome`): unauthorized (401), throttled (429, or 503 at the connection cap), refused (403, allowFrom),
+invalid (a malformed request), duplicate (an Idempotency-Key answered from a previous attempt or still running).
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ from nanobot.channels.api_auth import (
 from nanobot.channels.base import BaseChannel
 from nanobot.config.schema import ApiChannelConfig
 from nanobot.gateway.http import WebServer
+from nanobot.logs import log_context
+from nanobot.metrics.instruments import count_inbound
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,8 @@ MAX_ID_LENGTH = 256
 SSE_KEEPALIVE_S = 15.0
 # Streamed progress messages are whole messages; this keeps them apart from what follows.
 PROGRESS_SEPARATOR = "\n\n"
+
+CHAT_PATH = "/v1/chat/completions"
 
 _EventKind = Literal["progress", "final", "closed"]
 # The authenticated client's name, set by the auth middleware for the handler it calls (same task).
@@ -155,6 +163,22 @@ class _Pending:
     events: asyncio.Queue[tuple[_EventKind, str]] = field(default_factory=asyncio.Queue)
 
 
+def inbound_outcome(status: int, code: str | None) -> str | None:
+    """The inbound outcome an error response to a chat completion request counts as; None (not counted) for our
+    own failures (5xx: the message was not refused, it could not be handled)."""
+    if status == 401:
+        return "unauthorized"
+    if status == 429 or (status == 503 and code == "server_busy"):
+        return "throttled"
+    if status == 403:
+        return "refused"
+    if status == 409:
+        return "duplicate"
+    if 400 <= status < 500:
+        return "invalid"
+    return None
+
+
 class ApiChannel(BaseChannel):
     name = "api"
 
@@ -234,7 +258,7 @@ class ApiChannel(BaseChannel):
             client_max_size=self.config.max_body_bytes,
         )
         app.router.add_get("/health", self._health)
-        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post(CHAT_PATH, self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
         return app
@@ -273,17 +297,27 @@ class ApiChannel(BaseChannel):
         try:
             return await handler(request)
         except ApiError as exc:
+            self._count_refusal(request, exc.status, exc.code)
             return exc.response()
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             code, kind = _AIOHTTP_ERRORS.get(exc.status, (None, "invalid_request_error"))
+            self._count_refusal(request, exc.status, code)
             message = f"{exc.reason}: {request.method} {request.path}"
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return ApiError(exc.status, message, kind=kind, code=code, headers=headers).response()
         except Exception:
             log.exception("api: %s %s failed", request.method, request.path)
             return ApiError(500, "Internal server error", kind="server_error", code="internal_error").response()
+
+    def _count_refusal(self, request: web.Request, status: int, code: str | None) -> None:
+        """Count a chat completion request that was answered with an error instead of becoming a message."""
+        if request.method != "POST" or request.path.rstrip("/") != CHAT_PATH:
+            return
+        outcome = inbound_outcome(status, code)
+        if outcome is not None:
+            count_inbound(self.name, outcome)
 
     @web.middleware
     async def _limit_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -373,8 +407,15 @@ class ApiChannel(BaseChannel):
         parsed.idempotency_key = self._idempotency_key(request)
         message_id = parsed.message_id()
         session_key = f"{self.name}:{parsed.chat_id}"
+        with log_context(session_key=session_key, message_id=message_id, channel=self.name):
+            return await self._answer_chat(request, parsed, client, message_id, session_key)
+
+    async def _answer_chat(
+        self, request: web.Request, parsed: _ChatRequest, client: str, message_id: str, session_key: str
+    ) -> web.StreamResponse:
         known = self._recall(message_id)
         if known is not None:
+            count_inbound(self.name, "duplicate")
             log.info(
                 "api request client=%s session=%s message_id=%s answered from a previous attempt",
                 client,

@@ -1,4 +1,5 @@
-"""What every chat channel is: it starts, stops, sends, and turns what people write into inbound messages."""
+"""What every chat channel is: it starts, stops, sends, and turns what people write into inbound messages
+(counted in `nanobot_inbound_messages_total{channel,outcome}`: ok when published, refused by allowFrom)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from nanobot.bus.events import InboundMessage, OutboundMessage, new_message_id
 from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import ChannelBase
+from nanobot.logs import log_context
+from nanobot.metrics.instruments import count_inbound
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -66,6 +69,7 @@ class BaseChannel(ABC):
         """Check the sender and publish an inbound message; returns it, or None when refused."""
         if not self.is_allowed(sender_id):
             log.warning("channel=%s refused sender=%s: not in allowFrom", self.name, sender_id)
+            count_inbound(self.name, "refused")
             return None
         msg = InboundMessage(
             channel=self.name,
@@ -77,5 +81,7 @@ class BaseChannel(ABC):
             session_key_override=session_key,
             message_id=message_id or new_message_id(),
         )
-        await self.bus.publish_inbound(msg)
+        with log_context(session_key=msg.session_key, message_id=msg.message_id, channel=self.name):
+            await self.bus.publish_inbound(msg)
+        count_inbound(self.name, "ok")
         return msg

@@ -1,10 +1,13 @@
-"""Recently seen ids, for channels whose platform may deliver the same message more than once."""
+"""Recently seen ids, for channels whose platform may deliver the same message more than once; a `RecentIds`
+given its channel's name counts each repeat in `nanobot_inbound_messages_total{outcome="duplicate"}`."""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+from nanobot.metrics.instruments import count_inbound
 
 
 class RecentIds:
@@ -14,7 +17,12 @@ class RecentIds:
     """
 
     def __init__(
-        self, maxlen: int = 10_000, ttl_s: float = 86_400.0, clock: Callable[[], float] = time.monotonic
+        self,
+        maxlen: int = 10_000,
+        ttl_s: float = 86_400.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        channel: str | None = None,
     ) -> None:
         if maxlen <= 0:
             raise ValueError(f"maxlen must be positive, got {maxlen!r}")
@@ -23,6 +31,7 @@ class RecentIds:
         self.maxlen = maxlen
         self.ttl_s = ttl_s
         self._clock = clock
+        self.channel = channel
         self._first_seen: OrderedDict[str, float] = OrderedDict()  # oldest first
 
     def seen(self, key: str) -> bool:
@@ -30,6 +39,8 @@ class RecentIds:
         now = self._clock()
         self._forget_expired(now)
         if key in self._first_seen:
+            if self.channel is not None:
+                count_inbound(self.channel, "duplicate")
             return True
         self._first_seen[key] = now
         if len(self._first_seen) > self.maxlen:

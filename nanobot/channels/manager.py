@@ -1,14 +1,27 @@
-"""Channels of one gateway: start the enabled ones, and deliver outbound messages to them."""
+"""Channels of one gateway: start the enabled ones, deliver outbound messages to them (counted in
+`nanobot_outbound_messages_total`), and say what of it is not ready (`not_ready`, for /ready)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 from nanobot.bus.events import OutboundMessage
 from nanobot.bus.queue import MessageBus
 from nanobot.channels.base import BaseChannel
 from nanobot.config.schema import ChannelsConfig, Config
+from nanobot.logs import log_context
+from nanobot.metrics.instruments import REDIS_RETRIES, count_outbound
+
+# Channel label values: the channels nanobot has, plus the internal ones; anything else (a name a tool made
+# up) is counted as "other", so the label stays bounded.
+KNOWN_CHANNELS = frozenset({*ChannelsConfig.model_fields, "cli", "system"})
+INTERNAL_CHANNELS = ("cli", "system")
+
+
+def channel_label(name: str) -> str:
+    return name if name in KNOWN_CHANNELS else "other"
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,8 @@ class ChannelManager:
         self.bus = bus
         self.channels = channels
         self._tasks: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
+        self.outbound_error: str | None = None  # why the dispatcher's last read failed; None after a good one
 
     def wants(self, msg: OutboundMessage) -> bool:
         """Progress and tool hints are sent only when the config asks for them."""
@@ -57,7 +72,8 @@ class ChannelManager:
         for name, channel in self.channels.items():
             log.info("starting channel %s", name)
             self._tasks.append(asyncio.create_task(self._run_channel(name, channel), name=f"channel-{name}"))
-        self._tasks.append(asyncio.create_task(self._dispatch_outbound(), name="outbound-dispatcher"))
+        self._dispatcher = asyncio.create_task(self._dispatch_outbound(), name="outbound-dispatcher")
+        self._tasks.append(self._dispatcher)
 
     async def _run_channel(self, name: str, channel: BaseChannel) -> None:
         try:
@@ -71,32 +87,40 @@ class ChannelManager:
         """Send one message to its channel; False (logged) when it could not be delivered."""
         channel = self.channels.get(msg.channel)
         if channel is None:
-            if msg.channel not in ("cli", "system"):
-                log.warning("outbound to unknown channel %s chat=%s dropped", msg.channel, msg.chat_id)
+            if msg.channel not in INTERNAL_CHANNELS:
+                log.warning("outbound to unknown channel %s chat=%s dropped", channel_label(msg.channel), msg.chat_id)
+                count_outbound(channel_label(msg.channel), "dropped")
             return False
         if not self.wants(msg):
             return True
         try:
             await channel.send(msg)
-            return True
         except Exception:
             log.exception("send failed channel=%s chat=%s reply_to=%s", msg.channel, msg.chat_id, msg.reply_to)
+            count_outbound(msg.channel, "failed")
             return False
+        count_outbound(msg.channel, "ok")
+        return True
 
     async def _dispatch_outbound(self) -> None:
-        """Deliver, then acknowledge; a bus that fails (Redis restarting) is retried with backoff."""
+        """Deliver, then acknowledge; a bus that fails (Redis restarting) is retried with a jittered backoff."""
         delay = 0.1
         while True:
             try:
                 msg = await self.bus.consume_outbound()
-                if await self.deliver(msg) or msg.channel not in self.channels:
-                    await self.bus.ack_outbound(msg)
+                self.outbound_error = None
+                with log_context(channel=msg.channel, message_id=msg.reply_to):
+                    if await self.deliver(msg) or msg.channel not in self.channels:
+                        await self.bus.ack_outbound(msg)
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("outbound: bus unavailable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
+                self.outbound_error = type(exc).__name__
+                wait = delay * random.uniform(0.5, 1.0)
+                log.warning("outbound: bus unavailable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, wait)
+                REDIS_RETRIES.labels("outbound").inc()
+                await asyncio.sleep(wait)
                 delay = min(delay * 2, 5.0)
 
     async def stop_all(self) -> None:
@@ -109,6 +133,19 @@ class ChannelManager:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+    def not_ready(self) -> list[str]:
+        """Reasons this side of the gateway cannot serve: a channel not running, the outbound dispatcher
+        stopped, or its reads failing (the bus's own report when it has one, e.g. Redis streams)."""
+        reasons = [f"channel {name} not running" for name, ch in self.channels.items() if not ch.is_running]
+        if self._dispatcher is None or self._dispatcher.done():
+            reasons.append("outbound dispatcher not running")
+        else:
+            failure = getattr(self.bus, "outbound_failure", None)
+            error = failure() if callable(failure) else self.outbound_error
+            if error:
+                reasons.append(f"outbound reader failing ({error})")
+        return reasons
 
     def status(self) -> dict[str, dict[str, bool]]:
         return {name: {"enabled": True, "running": ch.is_running} for name, ch in self.channels.items()}

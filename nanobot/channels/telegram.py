@@ -108,7 +108,7 @@ class TelegramChannel(BaseChannel):
         self.transcriber = transcriber
         self._bot: Bot | None = None
         self._stop = asyncio.Event()
-        self._seen = RecentIds(maxlen=10_000, ttl_s=24 * 3600)
+        self._seen = RecentIds(maxlen=10_000, ttl_s=24 * 3600, channel=self.name)
         self._waiting: dict[int, _Waiting] = {}
         self._updates: asyncio.Queue[Update] = asyncio.Queue()
         self._webhook_server: WebServer | None = None

@@ -93,7 +93,7 @@ class BridgeTransport:
         self.url = url
         self._token = token
         self._on_message = on_message
-        self._recent = RecentIds(maxlen=10_000, ttl_s=86_400.0)
+        self._recent = RecentIds(maxlen=10_000, ttl_s=86_400.0, channel="whatsapp")
         self._stopped = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._linked = True  # WhatsApp's link as the bridge last reported it; assumed up until it says otherwise

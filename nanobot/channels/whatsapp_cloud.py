@@ -151,7 +151,7 @@ class CloudTransport:
         self.media_dir = media_dir
         self._on_message = on_message
         self._base = config.api_base.rstrip("/")
-        self._recent = RecentIds(maxlen=10_000, ttl_s=86_400.0)
+        self._recent = RecentIds(maxlen=10_000, ttl_s=86_400.0, channel="whatsapp")
         self._client: httpx.AsyncClient | None = None
         self._stopped = asyncio.Event()
         self._tails: dict[str, asyncio.Task[None]] = {}  # sender -> the task of its latest message

@@ -15,9 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from nanobot import __logo__, __version__
+from nanobot.cli.deadletters import deadletters_app
 from nanobot.config.loader import ConfigError, config_path, cron_store_path, load_config, save_config
 from nanobot.config.schema import Config
-from nanobot.logs import setup_logging
+from nanobot.logs import chosen_format, setup_logging
 
 app = typer.Typer(name="nanobot", help=f"{__logo__} nanobot - a personal AI assistant", no_args_is_help=True)
 cron_app = typer.Typer(help="Scheduled jobs.", no_args_is_help=True)
@@ -26,6 +27,7 @@ sessions_app = typer.Typer(help="Conversation histories (file and Redis stores).
 app.add_typer(cron_app, name="cron")
 app.add_typer(channels_app, name="channels")
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(deadletters_app, name="deadletters")
 
 console = Console()
 err = Console(stderr=True)
@@ -119,8 +121,9 @@ def agent(
     logs: Annotated[bool, typer.Option("--logs/--no-logs", help="Show runtime logs.")] = False,
 ) -> None:
     """Talk to the agent in the terminal: one message with -m, or an interactive chat."""
-    setup_logging("INFO" if logs else "WARNING")
+    setup_logging("INFO" if logs else "WARNING", hold=True)
     config = _load()
+    setup_logging("INFO" if logs else "WARNING", config.logging)
     loop = _make_agent(config)
     channel, _, chat_id = session.partition(":")
     chat_id = chat_id or "direct"
@@ -174,8 +177,9 @@ def gateway(
     from nanobot.gateway.service import Gateway, GatewayStartError
     from nanobot.providers.registry import NoProviderError
 
-    setup_logging("DEBUG" if verbose else None)
+    setup_logging("DEBUG" if verbose else None, hold=True)
     config = _load()
+    setup_logging("DEBUG" if verbose else None, config.logging)
     if port is not None:
         config.channels.api.port = port
     if bus is not None:
@@ -203,7 +207,9 @@ def worker(
     pool: Annotated[str | None, typer.Option("--pool", "-P", help="prefork, threads or solo.")] = None,
     queues: Annotated[str | None, typer.Option("--queues", "-Q", help="Comma-separated queues (default: all).")] = None,
     name: Annotated[str | None, typer.Option("--hostname", "-n", help="Worker name.")] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+    loglevel: Annotated[
+        str | None, typer.Option("--loglevel", "-l", help="Default: $NANOBOT_LOG_LEVEL, else logging.level.")
+    ] = None,
 ) -> None:
     """Run a Celery worker for distributed mode (the same as `celery -A nanobot_celery worker ...`)."""
     from nanobot.bus.factory import BusUnavailableError, distributed
@@ -217,7 +223,8 @@ def worker(
     except BusUnavailableError as exc:
         raise _fail(str(exc)) from exc
     _require_redis(config)
-    err.print(" ".join(argv[2:]))
+    if chosen_format(config.logging) == "text":  # JSON logs: one object per line, nothing else on stderr
+        err.print(" ".join(argv[2:]))
     os.execv(argv[0], argv)
 
 
@@ -478,8 +485,9 @@ def cron_run(
     """Run a job now, in this process, and print the reply."""
     from nanobot.gateway.service import cron_job_runner
 
-    setup_logging("WARNING")
+    setup_logging("WARNING", hold=True)
     config = _load()
+    setup_logging("WARNING", config.logging)
     service = _cron()
     agent_loop = _make_agent(config)
     replies: list[str | None] = []

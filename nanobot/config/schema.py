@@ -273,6 +273,9 @@ class WorkerConfig(Base):
     pool: Literal["prefork", "threads", "solo"] = "prefork"
     autoscale: str | None = Field(default="10,2", pattern=r"^\d+,\d+$")
     concurrency: int | None = Field(default=None, gt=0)
+    # Each worker's main process serves /metrics (its pool added up) and /health here; 0 turns it off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9810, ge=0, le=65535)
 
 
 class BusConfig(Base):
@@ -287,11 +290,20 @@ class BusConfig(Base):
     visibility_timeout_s: int = Field(default=3600, gt=0)
     dedup_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     gateway_name: str = Field(default="gateway", min_length=1)
+    # A message whose turn failed (an exception, or its worker died) this many times goes to the dead letters.
+    max_deliveries: int = Field(default=3, gt=0)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
 
 
 class SessionsConfig(Base):
     backend: Literal["file", "redis"] = "file"
+
+
+class LoggingConfig(Base):
+    """Log lines of the gateway, workers and CLI; $NANOBOT_LOG_FORMAT and $NANOBOT_LOG_LEVEL win over these."""
+
+    format: Literal["text", "json"] = "text"
+    level: str = "INFO"
 
 
 # ---------------------------------------------------------------- root
@@ -304,6 +316,7 @@ class Config(Base):
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     bus: BusConfig = Field(default_factory=BusConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property
     def workspace_path(self) -> Path:

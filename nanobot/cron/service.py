@@ -185,7 +185,7 @@ class CronService:
             self._jobs[job.id] = job
             self._save()
         self._wake()
-        log.info("cron: added job %s (%s, %s)", job.id, job.name, job.schedule.describe())
+        log.info("cron: added job %s (%s)", job.id, job.schedule.describe())
         return copy.deepcopy(job)
 
     def remove_job(self, job_id: str) -> bool:
@@ -334,13 +334,13 @@ class CronService:
             status: RunStatus = "ok"
             error: str | None = None
             reply: str | None = None
-            log.info("cron: running job %s (%s)", job.id, job.name)
+            log.info("cron: running job %s", job.id)
             if self.on_job is not None:
                 try:
                     result = await self.on_job(copy.deepcopy(job))
                     reply = None if result is None else str(result)
                 except Exception as exc:
-                    log.exception("cron: job %s (%s) failed", job.id, job.name)
+                    log.exception("cron: job %s failed", job.id)
                     status, error = "error", _truncate(f"{type(exc).__name__}: {exc}")
             try:
                 self._record_run(job_id, started, status, error, reply)

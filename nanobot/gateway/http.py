@@ -1,17 +1,20 @@
 """HTTP serving on aiohttp: `WebServer` runs one application on host:port; `GatewayHttp` is the gateway's.
 
 The gateway's own server listens on `gateway.host:gateway.port` (default 127.0.0.1:18790) and serves
-`GET /health` plus the webhook routes that push channels contribute through `BaseChannel.web_routes()`
+`GET /health` (liveness), `GET /ready` (readiness: 200, or 503 naming what is not ready), `GET /metrics`
+(Prometheus) plus the webhook routes that push channels contribute through `BaseChannel.web_routes()`
 (mounted before it starts). The API channel and Telegram's webhook mode run their own `WebServer`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+
+from nanobot.metrics.exposition import metrics_handler
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +63,29 @@ class WebServer:
             await runner.cleanup()
 
 
-class GatewayHttp(WebServer):
-    """The gateway's server: `/health` (with what `health()` adds) and the channels' webhook routes."""
+ReadinessCheck = Callable[[], Awaitable[list[str]]]
+"""Returns the reasons the gateway is not ready; an empty list means ready."""
 
-    def __init__(self, host: str, port: int, health: Callable[[], dict[str, Any]] | None = None) -> None:
+
+class GatewayHttp(WebServer):
+    """The gateway's server: `/health` (with what `health()` adds), `/ready` (what `ready()` says), `/metrics`
+    (refreshed first by `before_metrics`) and the channels' webhook routes."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        health: Callable[[], dict[str, Any]] | None = None,
+        *,
+        ready: ReadinessCheck | None = None,
+        before_metrics: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(web.Application(), host, port)
         self._health = health
+        self._ready = ready
         self.app.router.add_get("/health", self._health_route)
+        self.app.router.add_get("/ready", self._ready_route)
+        self.app.router.add_get("/metrics", metrics_handler(before=before_metrics))
 
     def add_routes(self, routes: Iterable[web.RouteDef]) -> None:
         self.app.router.add_routes(list(routes))
@@ -76,6 +95,18 @@ class GatewayHttp(WebServer):
         if self._health is not None:
             body.update(self._health())
         return web.json_response(body)
+
+    async def _ready_route(self, request: web.Request) -> web.Response:
+        reasons: list[str] = []
+        if self._ready is not None:
+            try:
+                reasons = await self._ready()
+            except Exception as exc:  # a failing check is a reason, never a 500
+                log.warning("readiness check failed: %s", exc)
+                reasons = [f"readiness check failed: {type(exc).__name__}"]
+        if reasons:
+            return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+        return web.json_response({"status": "ready"})
 
     async def start(self) -> None:
         await super().start()

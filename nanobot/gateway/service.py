@@ -24,6 +24,7 @@ from nanobot.cron.service import CronService
 from nanobot.cron.types import CronJob
 from nanobot.gateway.http import GatewayHttp
 from nanobot.heartbeat.service import HeartbeatService
+from nanobot.metrics.instruments import SCHEDULE_FIRES
 from nanobot.providers.factory import create_provider
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def cron_job_runner(agent: AgentLoop, bus: MessageBus) -> Callable[[CronJob], Aw
 
     async def run(job: CronJob) -> str | None:
         payload = job.payload
+        SCHEDULE_FIRES.labels("cron").inc()
         reply = await agent.process_direct(
             payload.message,
             session_key=f"cron:{job.id}",
@@ -83,10 +85,14 @@ class Gateway:
             self.cron.on_job = cron_job_runner(agent, self.bus)
 
             def on_heartbeat(prompt: str) -> Awaitable[str | None]:
+                SCHEDULE_FIRES.labels("heartbeat").inc()
                 return agent.process_direct(prompt, session_key="heartbeat", channel="cli", chat_id="heartbeat")
 
         self.channels = ChannelManager(config.channels, self.bus, build_channels(config, self.bus))
-        self.http = GatewayHttp(config.gateway.host, config.gateway.port, health=self._health)
+        self.http = GatewayHttp(
+            config.gateway.host, config.gateway.port, health=self._health, ready=self._not_ready,
+            before_metrics=self.distributed.refresh_metrics if self.distributed is not None else None,
+        )
         for channel in self.channels.channels.values():
             self.http.add_routes(channel.web_routes())
         hb = config.gateway.heartbeat
@@ -97,6 +103,16 @@ class Gateway:
 
     def _health(self) -> dict[str, Any]:
         return {"channels": self.channels.status(), "bus": self.config.bus.backend}
+
+    async def _not_ready(self) -> list[str]:
+        """Why the gateway should not get traffic now (empty: ready): the channels, the outbound dispatcher, and
+        the agent loop (local) or Redis (distributed)."""
+        reasons = self.channels.not_ready()
+        if self.distributed is not None:
+            reasons.extend(await self.distributed.not_ready())
+        elif self._agent_task is None or self._agent_task.done():
+            reasons.append("agent loop not running")
+        return reasons
 
     async def _start_schedules(self) -> None:
         await self.cron.start()

@@ -1,4 +1,5 @@
-"""One provider for every OpenAI-compatible endpoint, on the `openai` SDK."""
+"""One provider for every OpenAI-compatible endpoint, on the `openai` SDK, with its metrics (by provider name
+and model, both from the config, so label values stay bounded)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import random
 import ssl
+import time
 from typing import Any
 
 import httpx
@@ -15,11 +17,78 @@ import openai
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 from openai.types.chat import ChatCompletion
 
+from nanobot.metrics.instruments import LLM_DURATION, LLM_REQUESTS, LLM_RETRIES, LLM_TOKENS
 from nanobot.providers.base import LLMProvider, LLMResponse, ToolCallRequest
 
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, I could not reach the language model just now ({reason}). Please try again in a moment."
+MAX_RETRY_DELAY_S = 60.0  # no single wait before a retry is longer, Retry-After included
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """The `outcome` label of one request to the provider: ok, http_429, http_4xx, http_5xx, timeout,
+    connection or error (anything else, e.g. a reply that does not parse)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection"
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status == 429:
+            return "http_429"
+        if 400 <= status < 500:
+            return "http_4xx"
+        if status >= 500:
+            return "http_5xx"
+    return "error"
+
+
+def retry_delay_s(attempt: int, base_s: float, hinted_s: float | None, jitter: float) -> float:
+    """The wait before retry number `attempt + 1`: `base_s` doubled per attempt, times `jitter` (0.8..1.2),
+    at least what the server asked for (Retry-After), never over MAX_RETRY_DELAY_S."""
+    delay = base_s * (2 ** min(attempt, 32)) * jitter
+    if hinted_s is not None:
+        delay = max(delay, hinted_s)
+    return min(delay, MAX_RETRY_DELAY_S)
+
+
+class _Meters:
+    """The labelled metric children of one provider, looked up once per (model, outcome)."""
+
+    __slots__ = ("_calls", "_provider", "_retries", "_tokens")
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._calls: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._tokens: dict[str, tuple[Any, Any]] = {}
+        self._retries = LLM_RETRIES.labels(provider)
+
+    def request(self, model: str, outcome: str, duration_s: float) -> None:
+        children = self._calls.get((model, outcome))
+        if children is None:
+            children = LLM_REQUESTS.labels(self._provider, model, outcome), LLM_DURATION.labels(self._provider, model)
+            self._calls[(model, outcome)] = children
+        children[0].inc()
+        children[1].observe(duration_s)
+
+    def retry(self) -> None:
+        self._retries.inc()
+
+    def tokens(self, model: str, usage: dict[str, int]) -> None:
+        children = self._tokens.get(model)
+        if children is None:
+            children = LLM_TOKENS.labels(self._provider, model, "prompt"), LLM_TOKENS.labels(
+                self._provider, model, "completion"
+            )
+            self._tokens[model] = children
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if prompt:
+            children[0].inc(prompt)
+        if completion:
+            children[1].inc(completion)
 
 
 def _retryable(exc: Exception) -> bool:
@@ -74,9 +143,10 @@ def warm_response_models() -> None:
 
 
 class OpenAICompatProvider(LLMProvider):
-    """Chat completions with timeouts and retries (exponential backoff with jitter) on 429, 5xx and
-    connection errors. When it gives up it returns an `is_error` response holding an apology, so the
-    person always gets an answer."""
+    """Chat completions with timeouts and retries (exponential backoff with jitter, at most `max_retries`, no
+    wait over MAX_RETRY_DELAY_S) on 429, 5xx and connection errors. When it gives up it returns an `is_error`
+    response holding an apology, so the person always gets an answer. Every HTTP attempt is counted and timed
+    by outcome (`nanobot_llm_requests_total`), every retry and the tokens of every reply too."""
 
     def __init__(
         self,
@@ -93,6 +163,7 @@ class OpenAICompatProvider(LLMProvider):
         self.default_model = default_model
         self.max_retries = max_retries
         self.retry_base_delay_s = retry_base_delay_s
+        self._meters = _Meters(name)
         self._client = AsyncOpenAI(
             api_key=api_key or "no-key",
             base_url=api_base,
@@ -122,33 +193,40 @@ class OpenAICompatProvider(LLMProvider):
         if tools:
             kwargs["tools"] = tools
             kwargs["tool_choice"] = "auto"
+        model_name = kwargs["model"]
         attempt = 0
         while True:
+            started = time.monotonic()
             try:
                 # The documented raw `post` sends the body as it is: `chat.completions.create` would first walk
                 # every message and tool schema through the SDK's type transform, which py-spy showed taking
                 # half of a local gateway's CPU (the turn's overhead fell from 13.7 to 4.5 ms without it).
                 completion = await self._client.post("/chat/completions", cast_to=ChatCompletion, body=kwargs)
-                return self._parse(completion)
+                response = self._parse(completion)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._meters.request(model_name, outcome_of(exc), time.monotonic() - started)
                 if not _retryable(exc) or attempt >= self.max_retries:
                     log.error(
                         "llm provider=%s model=%s failed after %d attempt(s): %s",
-                        self.name, kwargs["model"], attempt + 1, _reason(exc),
+                        self.name, model_name, attempt + 1, _reason(exc),
                     )
                     return LLMResponse(content=APOLOGY.format(reason=_reason(exc)), finish_reason="error")
-                delay = self.retry_base_delay_s * (2**attempt) * (0.8 + 0.4 * random.random())
-                hinted = _retry_after(exc)
-                if hinted is not None:
-                    delay = max(delay, min(hinted, 60.0))
+                delay = retry_delay_s(attempt, self.retry_base_delay_s, _retry_after(exc), 0.8 + 0.4 * random.random())
                 attempt += 1
+                self._meters.retry()
                 log.warning(
                     "llm provider=%s %s; retry %d/%d in %.2fs",
                     self.name, _reason(exc), attempt, self.max_retries, delay,
                 )
                 await asyncio.sleep(delay)
+                continue
+            # A reply without choices is answered with an apology: count it as an error, not a success.
+            self._meters.request(model_name, "error" if response.is_error else "ok", time.monotonic() - started)
+            if response.usage:
+                self._meters.tokens(model_name, response.usage)
+            return response
 
     @staticmethod
     def _parse(completion: Any) -> LLMResponse:

@@ -36,6 +36,15 @@ class RedisKeys:
         """Idempotency record of one accepted message: 'queued', then 'done'."""
         return f"{self.prefix}:msg:{session_key}:{message_id}"
 
+    def deliveries(self, session_key: str) -> str:
+        """Hash: message id -> times its turn was claimed; `error:<message id>` -> why its last attempt failed."""
+        return f"{self.prefix}:deliveries:{session_key}"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream of messages set aside after `bus.maxDeliveries` failed attempts (`nanobot deadletters`)."""
+        return f"{self.prefix}:deadletters"
+
     def rung(self, session_key: str) -> str:
         """Present while a doorbell for this conversation is probably still queued."""
         return f"{self.prefix}:rung:{session_key}"
