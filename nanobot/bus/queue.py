@@ -37,6 +37,10 @@ class MessageBus:
         """Wait until every published inbound message is durable (locally: at once); False on timeout."""
         return True
 
+    def outbound_failure(self) -> str | None:
+        """Why reading outbound messages fails now (a durable backend's store is unreachable); None when it works."""
+        return None
+
     def lease(self, name: str, ttl_s: float) -> Lease:
         """A lease only one process of the deployment holds at a time (locally there is only this one)."""
         return LocalLease(name)

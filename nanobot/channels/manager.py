@@ -58,7 +58,6 @@ class ChannelManager:
         self.channels = channels
         self._tasks: list[asyncio.Task[None]] = []
         self._dispatcher: asyncio.Task[None] | None = None
-        self.outbound_error: str | None = None  # why the dispatcher's last read failed; None after a good one
 
     def wants(self, msg: OutboundMessage) -> bool:
         """Progress and tool hints are sent only when the config asks for them."""
@@ -108,7 +107,6 @@ class ChannelManager:
         while True:
             try:
                 msg = await self.bus.consume_outbound()
-                self.outbound_error = None
                 with log_context(channel=msg.channel, message_id=msg.reply_to):
                     if await self.deliver(msg) or msg.channel not in self.channels:
                         await self.bus.ack_outbound(msg)
@@ -116,7 +114,6 @@ class ChannelManager:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.outbound_error = type(exc).__name__
                 wait = delay * random.uniform(0.5, 1.0)
                 log.warning("outbound: bus unavailable (%s: %s); retrying in %.1fs", type(exc).__name__, exc, wait)
                 REDIS_RETRIES.labels("outbound").inc()
@@ -136,13 +133,12 @@ class ChannelManager:
 
     def not_ready(self) -> list[str]:
         """Reasons this side of the gateway cannot serve: a channel not running, the outbound dispatcher
-        stopped, or its reads failing (the bus's own report when it has one, e.g. Redis streams)."""
+        stopped, or the bus's outbound reads failing."""
         reasons = [f"channel {name} not running" for name, ch in self.channels.items() if not ch.is_running]
         if self._dispatcher is None or self._dispatcher.done():
             reasons.append("outbound dispatcher not running")
         else:
-            failure = getattr(self.bus, "outbound_failure", None)
-            error = failure() if callable(failure) else self.outbound_error
+            error = self.bus.outbound_failure()
             if error:
                 reasons.append(f"outbound reader failing ({error})")
         return reasons
