@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -111,6 +112,21 @@ class Cluster:
         body = {"messages": [{"role": "user", "content": content}], "session_id": session_id}
         url = f"{base or self.base}/v1/chat/completions"
         return httpx.post(url, json=body, headers=headers, timeout=timeout, trust_env=False)
+
+    def chat_in_background(self, content: str, session_id: str, key: str | None = None) -> dict[str, Any]:
+        """Send a chat request from a thread; the dict gets "response" (or "error") and holds the "thread"."""
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["response"] = self.chat(content, session_id, key=key, timeout=90)
+            except httpx.HTTPError as exc:
+                result["error"] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        result["thread"] = thread
+        return result
 
     def kill_holder(self, session_key: str, sig: int = signal.SIGKILL) -> Process:
         """Signal the whole worker (main process and pool) whose child holds this conversation's lock."""

@@ -11,6 +11,7 @@ import pytest
 
 from nanobot.providers.openai_compat import OpenAICompatProvider
 from nanobot.testing.llm_server import FakeLLM
+from tests.private_redis import StoppableRedis, stoppable_redis_server
 
 pytest_plugins = ["tests.cluster"]
 
@@ -23,6 +24,13 @@ def fake_llm() -> Iterator[FakeLLM]:
         yield llm
     finally:
         llm.stop()
+
+
+@pytest.fixture
+def stoppable_redis(tmp_path: Path) -> Iterator[StoppableRedis]:
+    """A redis-server of this test alone that it may stop and start again (tests/private_redis.py)."""
+    with stoppable_redis_server(tmp_path / "redis-data") as server:
+        yield server
 
 
 @pytest.fixture

@@ -100,3 +100,53 @@ def _wait_ready(server: PrivateRedis, proc: subprocess.Popen[bytes], log: Path) 
             time.sleep(0.05)
     finally:
         client.close()
+
+
+class StoppableRedis:
+    """A redis-server without password or TLS, with an append-only file, so a test can stop it and start it again
+    (same port, data kept) to see what nanobot does while Redis is gone."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the test's redis-server on port {self.port} did not answer in 10 s")
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # redis-server flushes its append-only file on SIGTERM
+            self.proc.wait(10)
+
+
+@contextmanager
+def stoppable_redis_server(directory: Path) -> Iterator[StoppableRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is needed for this test (scripts/redis installs it)")
+    server = StoppableRedis(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

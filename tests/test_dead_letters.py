@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -35,21 +34,6 @@ UNSANDBOXED = {"tools": {"exec": {"sandbox": "none"}}}
 def content(response: httpx.Response) -> str:
     assert response.status_code == 200, response.text
     return str(response.json()["choices"][0]["message"]["content"])
-
-
-def chat_in_thread(cluster: Cluster, text: str, session: str) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["response"] = cluster.chat(text, session, timeout=90)
-        except httpx.HTTPError as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    result["thread"] = thread
-    return result
 
 
 def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -173,11 +157,11 @@ def test_poison_message_is_set_aside_and_the_conversation_moves_on(cluster_facto
     metrics_port = free_port()
     worker = cluster.start_worker(autoscale="4,2", metrics_port=metrics_port)
     cluster.start_gateway()
-    a = chat_in_thread(cluster, "poison-a secret words", "pa")
+    a = cluster.chat_in_background("poison-a secret words", "pa")
     wait_for(lambda: cluster.redis.llen(f"{cluster.prefix}:mailbox:api:pa") == 0
              and cluster.redis.llen(f"{cluster.prefix}:inflight:api:pa") == 1, 30, "the poison to be claimed")
-    queued_behind = chat_in_thread(cluster, "after the poison", "pa")
-    b = chat_in_thread(cluster, "poison-b", "pb")
+    queued_behind = cluster.chat_in_background("after the poison", "pa")
+    b = cluster.chat_in_background("poison-b", "pb")
     assert content(cluster.chat("an innocent message", "other")) == "echo: an innocent message"
 
     for pending in (a, b, queued_behind):
@@ -238,9 +222,9 @@ def test_stop_answers_each_queued_message_once(cluster_factory: Any, fake_llm: F
     cluster: Cluster = cluster_factory()
     cluster.start_worker(autoscale="2,2")
     cluster.start_gateway()
-    running = chat_in_thread(cluster, "slow thing", "sq")
+    running = cluster.chat_in_background("slow thing", "sq")
     wait_for(lambda: cluster.lock_owner_pid("api:sq") is not None, 30, "the turn to start")
-    queued = [chat_in_thread(cluster, f"queued {i}", "sq") for i in range(2)]
+    queued = [cluster.chat_in_background(f"queued {i}", "sq") for i in range(2)]
     wait_for(lambda: cluster.redis.llen(f"{cluster.prefix}:mailbox:api:sq") == 2, 30, "two queued messages")
     time.sleep(0.3)
     assert content(cluster.chat("/stop", "sq")).startswith("⏹ Stopped 3")

@@ -7,11 +7,8 @@ import asyncio
 import itertools
 import os
 import signal
-import threading
 import time
 from typing import Any
-
-import httpx
 
 from nanobot.bus.events import InboundMessage
 from nanobot.testing.llm_server import FakeLLM, RecordedRequest, Rule
@@ -98,21 +95,6 @@ def test_duplicates_make_no_second_turn_or_reply(cluster_factory: Any, fake_llm:
     assert [m["content"] for m in cluster.history("telegram:42")] == ["only once", "echo: only once"]
 
 
-def _post_in_thread(cluster: Cluster, content: str, session: str, key: str | None = None) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["response"] = cluster.chat(content, session, key=key, timeout=90)
-        except httpx.HTTPError as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    result["thread"] = thread
-    return result
-
-
 def test_worker_killed_mid_turn_is_redone_and_answered_once(cluster_factory: Any, fake_llm: FakeLLM) -> None:
     """Invariant 3: SIGKILL the worker running a turn; another worker redoes it; one reply."""
     fake_llm.add_rule(Rule(match="long job", content="first try (never delivered)", delay_s=5.0, times=1))
@@ -120,7 +102,7 @@ def test_worker_killed_mid_turn_is_redone_and_answered_once(cluster_factory: Any
     cluster.start_worker(autoscale="2,1")
     cluster.start_worker(autoscale="2,1")
     cluster.start_gateway()
-    pending = _post_in_thread(cluster, "long job", "k")
+    pending = cluster.chat_in_background("long job", "k")
     wait_for(lambda: cluster.lock_owner_pid("api:k") is not None, 30, "a worker to take the turn")
     time.sleep(0.5)
     killed = cluster.kill_holder("api:k")
@@ -141,7 +123,7 @@ def test_paused_worker_cannot_write_after_the_next_holder_took_over(cluster_fact
     cluster: Cluster = cluster_factory()
     first = cluster.start_worker(autoscale="2,1")
     cluster.start_gateway()
-    pending = _post_in_thread(cluster, "fenced", "f")
+    pending = cluster.chat_in_background("fenced", "f")
     wait_for(lambda: "turn start session=api:f" in first.log(), 30, "worker A to start the turn")
     time.sleep(0.3)  # its LLM request is out; the answer comes in 1 s, to a stopped process
     cluster.kill_holder("api:f", signal.SIGSTOP)

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from nanobot_celery.backlog import BacklogGauges, message_age_s, read_backlog
 from nanobot_celery.gateway import WORKER_RESTART_MAX_S, restart_delay
 from nanobot_celery.mailbox import Mailbox
 from tests.cluster import REDIS_DB, REDIS_HOST, REDIS_PORT, Cluster, wait_for
-from tests.test_distributed_redis_outage import PrivateRedis
+from tests.private_redis import StoppableRedis
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -45,20 +43,6 @@ def scrape(port: int) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A redis-server of this test alone: the shard queues' names are not prefixed, so a worker of another
-    cluster on a shared database would take its doorbells."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is needed for this test (scripts/redis installs it)")
-    server = PrivateRedis(tmp_path / "redis-data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def gateway_cluster(cluster_factory: Any, redis_url: str | None = None, **bus: Any) -> tuple[Cluster, int]:
@@ -99,8 +83,10 @@ def test_turns_count_inbound_and_outbound_for_the_api_channel(cluster_factory: A
         after, "nanobot_inbound_messages_total", channel="api", outcome="ok")
 
 
-def test_a_held_backlog_shows_in_the_gauges_and_falls_to_zero(cluster_factory: Any, own_redis: PrivateRedis) -> None:
-    cluster, port = gateway_cluster(cluster_factory, own_redis.url)
+def test_a_held_backlog_shows_in_the_gauges_and_falls_to_zero(
+    cluster_factory: Any, stoppable_redis: StoppableRedis
+) -> None:
+    cluster, port = gateway_cluster(cluster_factory, stoppable_redis.url)
     cluster.start_gateway()
     m = 4
     answers: list[int] = []

@@ -4,13 +4,10 @@ and every enabled channel run, or in local mode the agent loop); real gateway pr
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nanobot.gateway.http import GatewayHttp
@@ -18,7 +15,7 @@ from nanobot.testing.llm_server import FakeLLM
 from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok
 from tests.cluster import wait_for
 from tests.conftest import write_config
-from tests.test_distributed_redis_outage import PrivateRedis
+from tests.private_redis import StoppableRedis
 
 API_KEY = "probe-key"
 
@@ -27,29 +24,16 @@ def get(url: str) -> httpx.Response:
     return httpx.get(url, timeout=10, trust_env=False)
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A redis-server this test can stop and start again (same port, its data kept in an append-only file)."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is needed for this test (scripts/redis installs it)")
-    server = PrivateRedis(tmp_path / "redis-data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_ready_follows_redis_and_health_stays_live(cluster_factory: Any, own_redis: PrivateRedis) -> None:
+def test_ready_follows_redis_and_health_stays_live(cluster_factory: Any, stoppable_redis: StoppableRedis) -> None:
     port = free_port()
-    cluster = cluster_factory(redis_url=own_redis.url, redisUrl=own_redis.url,
+    cluster = cluster_factory(redis_url=stoppable_redis.url, redisUrl=stoppable_redis.url,
                               sections={"gateway": {"heartbeat": {"enabled": False}, "port": port}})
     cluster.start_gateway()
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: get(f"{base}/ready").status_code == 200, 20, "the gateway to be ready")
     assert get(f"{base}/ready").json() == {"status": "ready"}
 
-    own_redis.stop()
+    stoppable_redis.stop()
     wait_for(lambda: get(f"{base}/ready").status_code == 503, 20, "/ready to turn 503")
     body = get(f"{base}/ready").json()
     assert body["status"] == "not ready"
@@ -59,7 +43,7 @@ def test_ready_follows_redis_and_health_stays_live(cluster_factory: Any, own_red
     # /metrics still answers while Redis is away (the backlog gauges keep their last values).
     assert get(f"{base}/metrics").status_code == 200
 
-    own_redis.start()
+    stoppable_redis.start()
     wait_for(lambda: get(f"{base}/ready").status_code == 200, 30, "/ready to return to 200")
     assert get(f"{base}/health").status_code == 200
     cluster.start_worker()

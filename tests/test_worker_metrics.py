@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from nanobot.testing.llm_server import FakeLLM, Rule
 from nanobot.testing.processes import free_port
 from nanobot_celery.metrics_dir import celery_subcommand
 from tests.cluster import Cluster, wait_for
-from tests.test_distributed_redis_outage import PrivateRedis
+from tests.private_redis import StoppableRedis
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,19 +177,7 @@ def test_killed_child_is_counted_rejected_and_leaves_no_live_gauge(cluster_facto
     assert value(scrape(port), "nanobot_turns_running") == 0
 
 
-@pytest.fixture
-def stoppable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is needed for this test (scripts/redis installs it)")
-    server = PrivateRedis(tmp_path / "redis-data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_worker_health_follows_redis(cluster_factory: Any, stoppable_redis: PrivateRedis, tmp_path: Path) -> None:
+def test_worker_health_follows_redis(cluster_factory: Any, stoppable_redis: StoppableRedis, tmp_path: Path) -> None:
     cluster: Cluster = cluster_factory(redis_url=stoppable_redis.url, redisUrl=stoppable_redis.url)
     operator_dir = tmp_path / "prom"
     operator_dir.mkdir()
