@@ -41,9 +41,12 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # Results are replies on the outbound path, not Celery results.
 task_ignore_result = True
-# Events for Flower.
-worker_send_task_events = True
-task_send_sent_event = True
+# Task events only while someone watches: Flower turns them on in the workers itself (its `--enable_events`,
+# on by default, broadcasts `enable_events` every few seconds), so no worker publishes three events per turn
+# to nobody. `task-sent` would be published by the gateway, which Flower cannot turn on: Flower shows a turn
+# from `received`. Our own task metrics come from Celery's signals (nanobot_celery/worker_metrics.py), not events.
+worker_send_task_events = False
+task_send_sent_event = False
 task_track_started = True
 # Finish running turns on shutdown (soft shutdown), then stop.
 worker_soft_shutdown_timeout = 30.0
