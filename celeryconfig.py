@@ -12,7 +12,7 @@ from kombu import Queue
 
 from nanobot.config import Config, load_config
 from nanobot_celery.redis_url import tls_options
-from nanobot_celery.routing import QUEUE_PREFIX, all_queues
+from nanobot_celery.routing import all_queues, turn_queue
 
 
 def settings_from(config: Config) -> dict[str, Any]:
@@ -22,8 +22,8 @@ def settings_from(config: Config) -> dict[str, Any]:
         "broker_url": bus.redis_url,
         # Longer than any turn: a task still unacknowledged after this is delivered again (see DESIGN §4).
         "broker_transport_options": {"visibility_timeout": bus.visibility_timeout_s},
-        "task_queues": [Queue(name, routing_key=name) for name in all_queues(bus.shards)],
-        "task_default_queue": f"{QUEUE_PREFIX}.0",
+        "task_queues": [Queue(name, routing_key=name) for name in all_queues(bus.shards, bus.key_prefix)],
+        "task_default_queue": turn_queue(0, bus.key_prefix),
     }
     # rediss://: without these kombu would connect with certificate checks off (CERT_NONE, with a warning).
     # The result backend's too, although results are not stored today (task_ignore_result). Always set, so

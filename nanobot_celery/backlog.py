@@ -111,7 +111,7 @@ async def read_backlog(redis: Any, keys: RedisKeys, shards: int, gateway_name: s
             else:
                 backlog.unheld += 1
         backlog.oldest_age_s = max(backlog.oldest_age_s, message_age_s(conv.oldest_waiting, now))
-    queues = all_queues(shards)
+    queues = all_queues(shards, keys.prefix)
     async with redis.pipeline(transaction=False) as pipe:
         for queue in queues:
             pipe.llen(queue)

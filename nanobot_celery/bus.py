@@ -22,7 +22,7 @@ from typing import Any
 
 from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.bus.queue import MessageBus
-from nanobot.config.schema import Config
+from nanobot.config.schema import BusConfig, Config
 from nanobot.logs import log_context
 from nanobot.metrics.instruments import REDIS_RETRIES
 from nanobot.session.factory import redis_keys
@@ -37,11 +37,11 @@ PROCESS_TURN = "nanobot.process_turn"
 NOTHING_RUNNING = "Nothing is running in this conversation."
 
 
-def ring(session_key: str, shards: int) -> None:
+def ring(session_key: str, bus: BusConfig) -> None:
     """Send the doorbell task for a conversation (sync: Celery's producer)."""
     from nanobot_celery.app import app
 
-    app.send_task(PROCESS_TURN, args=[session_key], queue=queue_for(session_key, shards))
+    app.send_task(PROCESS_TURN, args=[session_key], queue=queue_for(session_key, bus.shards, bus.key_prefix))
 
 
 class CeleryMessageBus(MessageBus):
@@ -127,7 +127,7 @@ class CeleryMessageBus(MessageBus):
             log.info("session=%s message_id=%s duplicate dropped", msg.session_key, msg.message_id)
             return
         log.info("session=%s message_id=%s queued", msg.session_key, msg.message_id)
-        await asyncio.to_thread(ring, msg.session_key, self.config.bus.shards)
+        await asyncio.to_thread(ring, msg.session_key, self.config.bus)
 
     async def _request_stop(self, msg: InboundMessage) -> None:
         body = json.dumps(msg.to_dict(), ensure_ascii=False)

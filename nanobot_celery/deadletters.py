@@ -135,7 +135,7 @@ class DeadLetters:
         mailbox = Mailbox(self.redis, self.keys, bus.dedup_ttl_s, bus.outbound, int(bus.sweep_interval_s * 3000))
         await mailbox.enqueue(msg)
         use_config(self.config)
-        ring(sk, bus.shards)
+        ring(sk, bus)
         await self.redis.xdel(self.keys.dead_letters, entry_id)
         return letter
 

@@ -146,7 +146,7 @@ class DistributedGateway:
                 continue
             if await redis.set(self.keys.rung(session_key), "1", nx=True, px=self.bus.mailbox.rung_ttl_ms):
                 log.info("session=%s sweeper: work waiting with no holder; ringing", session_key)
-                await asyncio.to_thread(ring, session_key, self.config.bus.shards)
+                await asyncio.to_thread(ring, session_key, self.config.bus)
                 metrics.SWEEPER_RINGS.inc()
                 rung += 1
         return rung

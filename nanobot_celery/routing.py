@@ -1,11 +1,14 @@
-"""Which Celery queue rings a conversation's doorbell."""
+"""Which Celery queue rings a conversation's doorbell.
+
+Queue names start with `bus.keyPrefix` (`nanobot.turns.<shard>`, `nanobot.subagents` with the default prefix),
+so installations that share one Redis with their own prefixes never take each other's doorbells.
+"""
 
 from __future__ import annotations
 
 import zlib
 
-QUEUE_PREFIX = "nanobot.turns"
-SUBAGENT_QUEUE = "nanobot.subagents"
+DEFAULT_PREFIX = "nanobot"
 
 
 def shard_for(session_key: str, shards: int) -> int:
@@ -13,9 +16,17 @@ def shard_for(session_key: str, shards: int) -> int:
     return zlib.crc32(session_key.encode("utf-8")) % shards
 
 
-def queue_for(session_key: str, shards: int) -> str:
-    return f"{QUEUE_PREFIX}.{shard_for(session_key, shards)}"
+def turn_queue(shard: int, prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}.turns.{shard}"
 
 
-def all_queues(shards: int) -> list[str]:
-    return [f"{QUEUE_PREFIX}.{i}" for i in range(shards)] + [SUBAGENT_QUEUE]
+def subagent_queue(prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}.subagents"
+
+
+def queue_for(session_key: str, shards: int, prefix: str = DEFAULT_PREFIX) -> str:
+    return turn_queue(shard_for(session_key, shards), prefix)
+
+
+def all_queues(shards: int, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    return [turn_queue(i, prefix) for i in range(shards)] + [subagent_queue(prefix)]

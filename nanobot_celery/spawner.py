@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from nanobot.agent.subagent import SubagentTask
 from nanobot.config.schema import Config
-from nanobot_celery.routing import SUBAGENT_QUEUE
+from nanobot_celery.routing import subagent_queue
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ class CelerySpawner:
         from nanobot_celery.app import app
 
         job = SubagentTask(uuid.uuid4().hex[:8], task, label or task[:30], channel, chat_id, session_key)
-        await asyncio.to_thread(app.send_task, RUN_SUBAGENT, args=[asdict(job)], queue=SUBAGENT_QUEUE)
+        queue = subagent_queue(self.config.bus.key_prefix)
+        await asyncio.to_thread(app.send_task, RUN_SUBAGENT, args=[asdict(job)], queue=queue)
         log.info("subagent=%s session=%s queued", job.id, session_key)
         return f"Subagent '{job.label}' started (id {job.id}); it will report back when done."

@@ -26,7 +26,7 @@ def worker_argv(
     pool = pool or w.pool
     argv = [sys.executable, "-m", "celery", "-A", "nanobot_celery", "worker", f"--pool={pool}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
-            f"--queues={queues or ','.join(all_queues(config.bus.shards))}"]
+            f"--queues={queues or ','.join(all_queues(config.bus.shards, config.bus.key_prefix))}"]
     concurrency = concurrency or w.concurrency
     autoscale = autoscale or (None if concurrency else w.autoscale)
     if pool != "solo":

@@ -281,7 +281,8 @@ def test_worker(nanobot_celery: ModuleType) -> None:
     assert params["autoscale"] == (10, 2)
     assert params["pool"].__module__.endswith("prefork"), "--autoscale only works with the prefork pool"
     config = config_of(deployment)
-    assert params["queues"] and list(params["queues"]) == all_queues(config.bus.shards), "every shard queue"
+    expected = all_queues(config.bus.shards, config.bus.key_prefix)
+    assert params["queues"] and list(params["queues"]) == expected, "every shard queue"
     assert "--hostname=worker@%h" in argv and params["hostname"].startswith("worker@"), "worker@<pod name>"
     # What `nanobot worker` would run, less the interpreter and the pool it picks itself.
     expected = {a for a in worker_argv(config, name="worker@%h") if a.startswith("--") and not a.startswith("--pool")}

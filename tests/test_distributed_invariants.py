@@ -25,7 +25,7 @@ def publish(cluster: Cluster, messages: list[InboundMessage], extra_rings: list[
             await bus.publish_inbound(msg)
         assert await bus.wait_accepted(30)
         for session_key in extra_rings:
-            ring(session_key, cluster.config.bus.shards)
+            ring(session_key, cluster.config.bus)
         await bus.close()
 
     asyncio.run(go())

@@ -107,7 +107,8 @@ def test_a_held_backlog_shows_in_the_gauges_and_falls_to_zero(
         assert queued > 0
         # The queue label is bounded: the shard queues and the subagent queue, nothing per conversation.
         queue_labels = {dict(labels)["queue_name"] for (name, labels) in held if name == "celery_queue_length"}
-        assert queue_labels == {f"nanobot.turns.{i}" for i in range(4)} | {"nanobot.subagents"}
+        # ...named with the installation's key prefix, so another installation on this Redis keeps its doorbells.
+        assert queue_labels == {f"{cluster.prefix}.turns.{i}" for i in range(4)} | {f"{cluster.prefix}.subagents"}
 
         cluster.start_worker()
 
@@ -188,7 +189,8 @@ def test_read_backlog_on_real_redis() -> None:
             assert (backlog.waiting, backlog.in_flight, backlog.held, backlog.unheld) == (4, 1, 1, 2)
             assert backlog.oldest_age_s >= 0
             assert backlog.outbound_pending == {"shared": 0, "own": 0}
-            assert set(backlog.queues) == {"nanobot.turns.0", "nanobot.turns.1", "nanobot.subagents"}
+            p = keys.prefix
+            assert set(backlog.queues) == {f"{p}.turns.0", f"{p}.turns.1", f"{p}.subagents"}
 
             # A second read within the cache's age is not made; a failing Redis keeps the last values.
             gauges = BacklogGauges(lambda: client, keys, 2, "gw", max_age_s=60)
