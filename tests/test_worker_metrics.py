@@ -117,7 +117,7 @@ def test_worker_metrics_add_up_its_pool_children(cluster_factory: Any, fake_llm:
     assert len(hostnames) == 1 and all(h.startswith("w0-") for h in hostnames), hostnames
     assert value(after, "celery_worker_up", hostname=hostnames.pop()) == 1
     queues = {dict(labels)["queue_name"] for name, labels in after if name == "celery_task_succeeded_total"}
-    assert queues and all(q.startswith("nanobot.turns.") for q in queues), queues
+    assert queues and all(q.startswith(f"{cluster.prefix}.turns.") for q in queues), queues
     wait_for(lambda: total(scrape(port), "celery_worker_tasks_active") == 0, 30, "no task running")
 
     # Each pool child wrote its own files; the main process (which runs no turn) counted none of them.
