@@ -19,13 +19,12 @@ from datetime import datetime
 from typing import Any
 
 from nanobot.session.redis_keys import RedisKeys
-from nanobot_celery import metrics
+from nanobot_celery import metrics, outbound
 from nanobot_celery.routing import all_queues
 
 log = logging.getLogger(__name__)
 
 SCAN_BATCH = 500
-OUTBOUND_GROUP = "gateways"
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ async def scan_conversations(redis: Any, keys: RedisKeys, batch: int = SCAN_BATC
 
 async def _outbound_pending(redis: Any, stream: str) -> int:
     try:
-        summary = await redis.xpending(stream, OUTBOUND_GROUP)
+        summary = await redis.xpending(stream, outbound.GROUP)
     except Exception as exc:
         if "NOGROUP" in str(exc) or "no such key" in str(exc).lower():
             return 0

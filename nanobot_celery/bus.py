@@ -77,10 +77,7 @@ class CeleryMessageBus(MessageBus):
     @property
     def mailbox(self) -> Mailbox:
         if self._mailbox is None:
-            b = self.config.bus
-            self._mailbox = Mailbox(
-                self.redis, self.keys, b.dedup_ttl_s, b.outbound, rung_ttl_ms=int(b.sweep_interval_s * 3000)
-            )
+            self._mailbox = Mailbox.for_bus(self.redis, self.keys, self.config.bus)
         return self._mailbox
 
     # --------------------------------------------------------------- inbound

@@ -132,8 +132,7 @@ class DeadLetters:
         bus = self.config.bus
         await self.redis.delete(self.keys.message(sk, msg.message_id))
         await self.redis.hdel(self.keys.deliveries(sk), msg.message_id, f"error:{msg.message_id}")
-        mailbox = Mailbox(self.redis, self.keys, bus.dedup_ttl_s, bus.outbound, int(bus.sweep_interval_s * 3000))
-        await mailbox.enqueue(msg)
+        await Mailbox.for_bus(self.redis, self.keys, bus).enqueue(msg)
         use_config(self.config)
         ring(sk, bus)
         await self.redis.xdel(self.keys.dead_letters, entry_id)

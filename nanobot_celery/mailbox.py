@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nanobot.bus.events import InboundMessage, OutboundMessage
+from nanobot.config.schema import BusConfig
 from nanobot.session.locks import LockLease, LockLost
 from nanobot.session.redis_keys import RedisKeys
 
@@ -132,6 +133,11 @@ class Mailbox:
         self._commit = redis.register_script(_COMMIT)
         self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._forget = redis.register_script(_FORGET_IF_IDLE)
+
+    @classmethod
+    def for_bus(cls, redis: Any, keys: RedisKeys, bus: BusConfig) -> Mailbox:
+        """The mailbox as `bus` configures it: a doorbell counts as still queued for three sweep intervals."""
+        return cls(redis, keys, bus.dedup_ttl_s, bus.outbound, rung_ttl_ms=int(bus.sweep_interval_s * 3000))
 
     async def enqueue(self, msg: InboundMessage) -> bool:
         """Append to the conversation's mailbox; False when this message id was accepted before."""

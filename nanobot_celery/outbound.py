@@ -20,6 +20,7 @@ from nanobot_celery.mailbox import ORIGIN, OUTBOUND_MAXLEN
 
 log = logging.getLogger(__name__)
 
+GROUP = "gateways"  # the consumer group every gateway reads the outbound streams in
 STREAM_ID = "_stream_id"  # metadata key carrying the entry id to ack
 STREAM_KEY = "_stream"  # ... and the stream it came from
 
@@ -67,7 +68,7 @@ class StreamReader:
     read but did not finish sending), and claims entries of the shared stream left idle by other
     consumers."""
 
-    def __init__(self, redis: Any, streams: list[str], group: str = "gateways", name: str = "gateway",
+    def __init__(self, redis: Any, streams: list[str], group: str = GROUP, name: str = "gateway",
                  claim_idle_ms: int = 60_000) -> None:
         self.redis = redis
         self.streams = streams

@@ -24,6 +24,7 @@ from prometheus_client import multiprocess
 
 from nanobot.config import load_config
 from nanobot.metrics.exposition import metrics_handler, multiprocess_dir
+from nanobot.metrics.instruments import labelled
 from nanobot_celery import metrics as m
 from nanobot_celery.metrics_dir import alive, remove_created_dir
 from nanobot_celery.preflight import RedisUnreachable, check_redis
@@ -36,18 +37,7 @@ SERVER_STOP_TIMEOUT_S = 5.0
 
 
 # ----------------------------------------------------------------- Celery task metrics
-@dataclass(frozen=True)
-class _TaskSeries:
-    """The labelled children of one (task name, hostname, queue): looked up once, reused by every task."""
-
-    started: Any
-    succeeded: Any
-    runtime: Any
-    active: Any
-
-
-_series: dict[tuple[str, str, str], _TaskSeries] = {}
-_running: dict[str, tuple[float, _TaskSeries]] = {}  # task id -> (start, its series), in this process
+_running: dict[str, tuple[float, tuple[str, str, str]]] = {}  # task id -> (start, its labels), in this process
 
 
 def _labels(name: str, hostname: str | None, delivery_info: dict[str, Any] | None) -> tuple[str, str, str]:
@@ -60,34 +50,17 @@ def _task_labels(task: Any) -> tuple[str, str, str]:
     return _labels(task.name, request.hostname, request.delivery_info)
 
 
-def _series_for(labels: tuple[str, str, str]) -> _TaskSeries:
-    series = _series.get(labels)
-    if series is None:
-        series = _series[labels] = _TaskSeries(
-            m.TASK_STARTED.labels(*labels), m.TASK_SUCCEEDED.labels(*labels), m.TASK_RUNTIME.labels(*labels),
-            m.WORKER_TASKS_ACTIVE.labels(labels[1]),
-        )
-    return series
-
-
-_received: dict[tuple[str, str, str], Any] = {}
-
-
 @signals.task_received.connect
 def _count_received(request: Request, **_: Any) -> None:
-    labels = _labels(request.name, request.hostname, request.delivery_info)
-    counter = _received.get(labels)
-    if counter is None:
-        counter = _received[labels] = m.TASK_RECEIVED.labels(*labels)
-    counter.inc()
+    labelled(m.TASK_RECEIVED, *_labels(request.name, request.hostname, request.delivery_info)).inc()
 
 
 @signals.task_prerun.connect
 def _count_started(task_id: str, task: Any, **_: Any) -> None:
-    series = _series_for(_task_labels(task))
-    series.started.inc()
-    series.active.inc()
-    _running[task_id] = (time.perf_counter(), series)
+    labels = _task_labels(task)
+    labelled(m.TASK_STARTED, *labels).inc()
+    labelled(m.WORKER_TASKS_ACTIVE, labels[1]).inc()
+    _running[task_id] = (time.perf_counter(), labels)
 
 
 @signals.task_postrun.connect
@@ -95,21 +68,21 @@ def _count_finished(task_id: str, state: str | None = None, **_: Any) -> None:
     entry = _running.pop(task_id, None)
     if entry is None:
         return
-    began, series = entry
-    series.runtime.observe(time.perf_counter() - began)
-    series.active.dec()
+    began, labels = entry
+    labelled(m.TASK_RUNTIME, *labels).observe(time.perf_counter() - began)
+    labelled(m.WORKER_TASKS_ACTIVE, labels[1]).dec()
     if state == "SUCCESS":
-        series.succeeded.inc()
+        labelled(m.TASK_SUCCEEDED, *labels).inc()
 
 
 @signals.task_failure.connect
 def _count_failed(sender: Any, exception: BaseException | None = None, **_: Any) -> None:
-    m.TASK_FAILED.labels(*_task_labels(sender), type(exception).__name__).inc()
+    labelled(m.TASK_FAILED, *_task_labels(sender), type(exception).__name__).inc()
 
 
 @signals.task_retry.connect
 def _count_retried(sender: Any, **_: Any) -> None:
-    m.TASK_RETRIED.labels(*_task_labels(sender)).inc()
+    labelled(m.TASK_RETRIED, *_task_labels(sender)).inc()
 
 
 class CountingRequest(Request):
@@ -118,7 +91,7 @@ class CountingRequest(Request):
 
     def reject(self, requeue: bool = False) -> None:
         if not self.acknowledged:
-            m.TASK_REJECTED.labels(*_labels(self.name, self.hostname, self.delivery_info)).inc()
+            labelled(m.TASK_REJECTED, *_labels(self.name, self.hostname, self.delivery_info)).inc()
         super().reject(requeue=requeue)
 
 

@@ -31,7 +31,7 @@ from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import Config, ToolsConfig
 from nanobot.logs import log_context
-from nanobot.metrics.instruments import LOCK_WAIT, QUEUE_WAIT, TURN_DURATION, TURNS, TURNS_RUNNING
+from nanobot.metrics.instruments import LOCK_WAIT, QUEUE_WAIT, TURN_DURATION, TURNS_RUNNING, count_turn
 from nanobot.providers.base import LLMProvider
 from nanobot.session.factory import SessionStore
 from nanobot.session.locks import ConversationLockManager, LocalConversationLockManager, LockLease, LockLost
@@ -51,9 +51,8 @@ HELP_TEXT = (
 STOPPED_TEXT = "⏹ Stopped."
 ERROR_TEXT = "Sorry, something went wrong while handling your message ({error}). Please try again."
 
-# The turn outcomes this module records (drain records the others), their counters looked up once.
+# The turn outcomes this module records (drain records the others).
 TURN_OK, TURN_ERROR, TURN_STOPPED, TURN_LOCK_LOST = "ok", "error", "stopped", "lock_lost"
-_TURN_COUNTERS = {outcome: TURNS.labels(outcome) for outcome in (TURN_OK, TURN_ERROR, TURN_STOPPED, TURN_LOCK_LOST)}
 
 
 def queue_wait_s(msg: InboundMessage) -> float:
@@ -83,7 +82,7 @@ class TurnMeter:
             TURN_DURATION.observe(duration)
             TURNS_RUNNING.dec()
             if outcome is not None:
-                _TURN_COUNTERS[outcome].inc()
+                count_turn(outcome)
         return duration
 
 
@@ -224,7 +223,7 @@ class AgentLoop:
             if task is None or task not in self._stopped:
                 raise
             if not counted:  # stopped while queued for the lock or running (not while publishing its reply)
-                _TURN_COUNTERS[TURN_STOPPED].inc()
+                count_turn(TURN_STOPPED)
             channel, chat_id = reply_target(msg)
             await self.bus.publish_outbound(
                 OutboundMessage(channel=channel, chat_id=chat_id, content=STOPPED_TEXT, reply_to=msg.message_id)

@@ -7,7 +7,11 @@ in the default registry of the process. Gauges therefore name a `multiprocess_mo
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 # Outcomes (the `outcome` label); "ok" is success everywhere.
 OK = "ok"
@@ -99,31 +103,45 @@ REDIS_RETRIES = Counter(
 )
 
 
+@lru_cache(maxsize=4096)
+def labelled(metric: MetricWrapperBase, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once: the hot paths (every turn, LLM request, tool call, task) then
+    skip prometheus-client's lock and dict per call. Label values are bounded, so the cache is too. Safe across
+    fork: in multiprocess mode a child's first update moves each value to the child's own file."""
+    return metric.labels(*values)
+
+
 def count_inbound(channel: str, outcome: str = OK) -> None:
-    INBOUND.labels(channel, outcome).inc()
+    labelled(INBOUND, channel, outcome).inc()
 
 
 def count_outbound(channel: str, outcome: str = OK) -> None:
-    OUTBOUND.labels(channel, outcome).inc()
+    labelled(OUTBOUND, channel, outcome).inc()
 
 
 def count_turn(outcome: str) -> None:
-    TURNS.labels(outcome).inc()
+    labelled(TURNS, outcome).inc()
 
 
 def count_tool(tool: str, outcome: str, duration_s: float | None = None) -> None:
-    TOOL_CALLS.labels(tool, outcome).inc()
+    """One tool call; `duration_s` when the tool ran."""
+    labelled(TOOL_CALLS, tool, outcome).inc()
     if duration_s is not None:
-        TOOL_DURATION.labels(tool).observe(duration_s)
+        labelled(TOOL_DURATION, tool).observe(duration_s)
 
 
 def count_llm(provider: str, model: str, outcome: str, duration_s: float) -> None:
-    LLM_REQUESTS.labels(provider, model, outcome).inc()
-    LLM_DURATION.labels(provider, model).observe(duration_s)
+    """One HTTP request to the provider."""
+    labelled(LLM_REQUESTS, provider, model, outcome).inc()
+    labelled(LLM_DURATION, provider, model).observe(duration_s)
+
+
+def count_llm_retry(provider: str) -> None:
+    labelled(LLM_RETRIES, provider).inc()
 
 
 def count_tokens(provider: str, model: str, usage: dict[str, int]) -> None:
     for kind in ("prompt", "completion"):
         n = usage.get(f"{kind}_tokens")
         if n:
-            LLM_TOKENS.labels(provider, model, kind).inc(n)
+            labelled(LLM_TOKENS, provider, model, kind).inc(n)

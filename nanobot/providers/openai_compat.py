@@ -17,7 +17,7 @@ import openai
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 from openai.types.chat import ChatCompletion
 
-from nanobot.metrics.instruments import LLM_DURATION, LLM_REQUESTS, LLM_RETRIES, LLM_TOKENS
+from nanobot.metrics.instruments import count_llm, count_llm_retry, count_tokens
 from nanobot.providers.base import LLMProvider, LLMResponse, ToolCallRequest
 
 log = logging.getLogger(__name__)
@@ -53,42 +53,6 @@ def retry_delay_s(attempt: int, base_s: float, hinted_s: float | None, jitter: f
     if hinted_s is not None:
         delay = max(delay, hinted_s)
     return min(delay, MAX_RETRY_DELAY_S)
-
-
-class _Meters:
-    """The labelled metric children of one provider, looked up once per (model, outcome)."""
-
-    __slots__ = ("_calls", "_provider", "_retries", "_tokens")
-
-    def __init__(self, provider: str) -> None:
-        self._provider = provider
-        self._calls: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._tokens: dict[str, tuple[Any, Any]] = {}
-        self._retries = LLM_RETRIES.labels(provider)
-
-    def request(self, model: str, outcome: str, duration_s: float) -> None:
-        children = self._calls.get((model, outcome))
-        if children is None:
-            children = LLM_REQUESTS.labels(self._provider, model, outcome), LLM_DURATION.labels(self._provider, model)
-            self._calls[(model, outcome)] = children
-        children[0].inc()
-        children[1].observe(duration_s)
-
-    def retry(self) -> None:
-        self._retries.inc()
-
-    def tokens(self, model: str, usage: dict[str, int]) -> None:
-        children = self._tokens.get(model)
-        if children is None:
-            children = LLM_TOKENS.labels(self._provider, model, "prompt"), LLM_TOKENS.labels(
-                self._provider, model, "completion"
-            )
-            self._tokens[model] = children
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if prompt:
-            children[0].inc(prompt)
-        if completion:
-            children[1].inc(completion)
 
 
 def _retryable(exc: Exception) -> bool:
@@ -163,7 +127,6 @@ class OpenAICompatProvider(LLMProvider):
         self.default_model = default_model
         self.max_retries = max_retries
         self.retry_base_delay_s = retry_base_delay_s
-        self._meters = _Meters(name)
         self._client = AsyncOpenAI(
             api_key=api_key or "no-key",
             base_url=api_base,
@@ -206,7 +169,7 @@ class OpenAICompatProvider(LLMProvider):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._meters.request(model_name, outcome_of(exc), time.monotonic() - started)
+                count_llm(self.name, model_name, outcome_of(exc), time.monotonic() - started)
                 if not _retryable(exc) or attempt >= self.max_retries:
                     log.error(
                         "llm provider=%s model=%s failed after %d attempt(s): %s",
@@ -215,7 +178,7 @@ class OpenAICompatProvider(LLMProvider):
                     return LLMResponse(content=APOLOGY.format(reason=_reason(exc)), finish_reason="error")
                 delay = retry_delay_s(attempt, self.retry_base_delay_s, _retry_after(exc), 0.8 + 0.4 * random.random())
                 attempt += 1
-                self._meters.retry()
+                count_llm_retry(self.name)
                 log.warning(
                     "llm provider=%s %s; retry %d/%d in %.2fs",
                     self.name, _reason(exc), attempt, self.max_retries, delay,
@@ -223,9 +186,9 @@ class OpenAICompatProvider(LLMProvider):
                 await asyncio.sleep(delay)
                 continue
             # A reply without choices is answered with an apology: count it as an error, not a success.
-            self._meters.request(model_name, "error" if response.is_error else "ok", time.monotonic() - started)
+            count_llm(self.name, model_name, "error" if response.is_error else "ok", time.monotonic() - started)
             if response.usage:
-                self._meters.tokens(model_name, response.usage)
+                count_tokens(self.name, model_name, response.usage)
             return response
 
     @staticmethod

@@ -18,37 +18,11 @@ from typing import Any
 
 from nanobot.agent.tools.base import Tool
 from nanobot.agent.tools.validation import SchemaError, type_name
-from nanobot.metrics.instruments import TOOL_CALLS, TOOL_DURATION
+from nanobot.metrics.instruments import count_tool
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN_TOOL = "unknown"  # the tool label of a call to a tool that does not exist
-
-
-class _ToolMeters:
-    """The labelled metric children of each tool, looked up once per (tool, outcome)."""
-
-    __slots__ = ("_calls", "_durations")
-
-    def __init__(self) -> None:
-        self._calls: dict[tuple[str, str], Any] = {}
-        self._durations: dict[str, Any] = {}
-
-    def count(self, tool: str, outcome: str) -> None:
-        child = self._calls.get((tool, outcome))
-        if child is None:
-            child = self._calls[(tool, outcome)] = TOOL_CALLS.labels(tool, outcome)
-        child.inc()
-
-    def timed(self, tool: str, outcome: str, duration_s: float) -> None:
-        self.count(tool, outcome)
-        child = self._durations.get(tool)
-        if child is None:
-            child = self._durations[tool] = TOOL_DURATION.labels(tool)
-        child.observe(duration_s)
-
-
-_meters = _ToolMeters()
 
 
 class ToolRegistry:
@@ -101,24 +75,24 @@ class ToolRegistry:
         """Run a tool and return its text result, or an "Error: ..." message; never raises."""
         tool = self._tools.get(name)
         if tool is None:
-            _meters.count(UNKNOWN_TOOL, "unknown")
+            count_tool(UNKNOWN_TOOL, "unknown")
             available = ", ".join(self._tools) or "(none)"
             return f"Error: unknown tool '{name}'. Available: {available}"
 
         parsed = _parse_arguments(arguments)
         if isinstance(parsed, str):
-            _meters.count(name, "invalid")
+            count_tool(name, "invalid")
             return f"Error: invalid arguments for tool '{name}': {parsed}"
         try:
             errors = tool.validate_params(parsed)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            _meters.count(name, "error")
+            count_tool(name, "error")
             logger.exception("checking the arguments of tool %r failed", name)
             return f"Error: cannot check the arguments of tool '{name}': {type(exc).__name__}: {exc}"
         if errors:
-            _meters.count(name, "invalid")
+            count_tool(name, "invalid")
             return f"Error: invalid arguments for tool '{name}': " + "; ".join(map(str, errors))
 
         started = time.monotonic()
@@ -127,11 +101,11 @@ class ToolRegistry:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            _meters.timed(name, "error", time.monotonic() - started)
+            count_tool(name, "error", time.monotonic() - started)
             logger.exception("tool %r failed", name)
             return f"Error: tool '{name}' failed: {type(exc).__name__}: {exc}"
         text = result if isinstance(result, str) else str(result)
-        _meters.timed(name, "error" if text.startswith("Error") else "ok", time.monotonic() - started)
+        count_tool(name, "error" if text.startswith("Error") else "ok", time.monotonic() - started)
         return text
 
 
