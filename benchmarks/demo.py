@@ -35,15 +35,22 @@ PROBE = Load(users=1, turns=40, latency_s=0.0, jitter=0.0)
 
 
 def parse_layout(spec: str, slots: int, min_slots: int) -> Layout:
-    """`local`, `celery:N` (prefork) or `celery:N:threads`."""
+    """`local`, or `celery:N[:POOL[:SLOTS]]`: N workers of the prefork (default) or threads pool; SLOTS per worker
+    is `MAX,MIN` for prefork (`--autoscale=MAX,MIN`) or the thread count, else --slots and --min-slots."""
     parts = spec.split(":")
     if parts == ["local"]:
         return Layout()
-    if parts[0] != "celery" or len(parts) not in (2, 3) or not parts[1].isdigit() or int(parts[1]) < 1:
-        raise argparse.ArgumentTypeError(f"layout {spec!r}: expected local, celery:N or celery:N:threads")
-    pool = parts[2] if len(parts) == 3 else "prefork"
+    if parts[0] != "celery" or len(parts) not in (2, 3, 4) or not parts[1].isdigit() or int(parts[1]) < 1:
+        raise argparse.ArgumentTypeError(f"layout {spec!r}: expected local or celery:N[:prefork|threads[:SLOTS]]")
+    pool = parts[2] if len(parts) >= 3 else "prefork"
     if pool not in ("prefork", "threads"):
         raise argparse.ArgumentTypeError(f"layout {spec!r}: pool must be prefork or threads")
+    if len(parts) == 4:
+        numbers = parts[3].split(",")
+        if not all(n.isdigit() and int(n) > 0 for n in numbers) or len(numbers) > (2 if pool == "prefork" else 1):
+            raise argparse.ArgumentTypeError(f"layout {spec!r}: slots are MAX,MIN (prefork) or N (threads)")
+        slots = int(numbers[0])
+        min_slots = int(numbers[1]) if len(numbers) == 2 else min_slots
     return Layout("celery", int(parts[1]), pool, slots, min(min_slots, slots))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.load import Turn, User, drive_users, make_users
-from benchmarks.resources import MemoryWatch, cpu_seconds
+from benchmarks.resources import TOTAL, MemoryWatch, cpu_seconds
 from benchmarks.scrape import Backlog, BacklogWatch
 from benchmarks.stack import Layout, SimulatedLLM, Stack, redis_cpu_seconds
 from benchmarks.verdict import Check, calls_by_turn, judge
@@ -52,6 +52,8 @@ class Result:
     cpu_ms_per_turn: float  # gateway + workers (every pool child included)
     cpu_ms_by_role: dict[str, float]
     redis_cpu_ms_per_turn: float
+    # the benchmark's own process: the load driver (and the metrics and memory sampling beside it)
+    driver_cpu_ms_per_turn: float
     peak_rss_mb: dict[str, float]
     # the operator's view, from the gateway's and workers' /metrics (benchmarks/scrape.py)
     backlog: dict[str, float] = field(default_factory=dict)
@@ -65,10 +67,17 @@ class Result:
     def efficiency(self) -> float | None:
         return self.throughput / self.ideal if self.ideal else None
 
+    @property
+    def turns_per_gb(self) -> float | None:
+        """Peak turns in flight (the workers' metrics) per GiB of all project processes' RSS together."""
+        in_flight, total_mb = self.backlog.get("peak_in_flight"), self.peak_rss_mb.get(TOTAL)
+        return in_flight / (total_mb / 1024) if in_flight and total_mb else None
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["passed"] = self.passed
         data["efficiency"] = self.efficiency
+        data["turns_per_gb"] = self.turns_per_gb
         return data
 
 
@@ -131,9 +140,9 @@ async def measure(
         cpu_before = _cpu_by_role(stack)
         redis_before = redis_cpu_seconds(redis_url)
         watch = BacklogWatch(stack.gateway_metrics_url, stack.turn_metrics_urls(), layout.bus == "celery").start()
-        started = time.perf_counter()
+        started, driver_before = time.perf_counter(), time.process_time()
         users = await drive_users(stack.url, make_users(load.users, workdir.name), load.turns, on_turn)
-        elapsed = time.perf_counter() - started
+        elapsed, driver_s = time.perf_counter() - started, time.process_time() - driver_before
         cpu_after = _cpu_by_role(stack)
         redis_after = redis_cpu_seconds(redis_url)
         backlog = await watch.stop()
@@ -143,7 +152,7 @@ async def measure(
         stack.stop()
     return summarize(layout, load, users, records, elapsed, stack.logs(),
                      {role: cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0) for role in cpu_after},
-                     redis_after - redis_before, peaks, backlog)
+                     redis_after - redis_before, peaks, backlog, driver_s)
 
 
 def operator_checks(layout: Layout, backlog: Backlog | None, answered: int) -> list[Check]:
@@ -171,6 +180,7 @@ def summarize(
     redis_cpu_s: float,
     peaks: dict[str, float],
     backlog: Backlog | None = None,
+    driver_cpu_s: float = 0.0,
 ) -> Result:
     turns = [t for u in users for t in u.turns]
     answered = [t for t in turns if t.reply is not None]
@@ -199,6 +209,7 @@ def summarize(
         cpu_ms_per_turn=round(sum(cpu_s.values()) * 1000 / n, 2),
         cpu_ms_by_role={role: round(s * 1000 / n, 2) for role, s in cpu_s.items()},
         redis_cpu_ms_per_turn=round(redis_cpu_s * 1000 / n, 2),
+        driver_cpu_ms_per_turn=round(driver_cpu_s * 1000 / n, 2),
         peak_rss_mb={role: round(mb, 1) for role, mb in peaks.items()},
         backlog=backlog.to_dict() if backlog is not None else {},
         latencies_ms=[round(t.latency_s * 1000, 2) for t in answered],

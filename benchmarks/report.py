@@ -54,8 +54,8 @@ def print_summary(console: Console, results: list[Result], title: str) -> None:
                    "p95 turn 1", "p95 later", "overhead p50 ms", "overhead p95 ms"):
         speed.add_column(column, justify="left" if column in ("layout", "checks") else "right")
     cost = Table(title=f"{title}: cost")
-    for column in ("layout", "lock wait p50/p95 ms", "CPU ms/turn", "gateway", "workers", "Redis",
-                   "gateway RSS MB", "worker RSS MB", "child RSS MB"):
+    for column in ("layout", "lock wait p50/p95 ms", "CPU ms/turn", "gateway", "workers", "Redis", "driver",
+                   "gateway RSS MB", "worker RSS MB", "child RSS MB", "total RSS MB", "turns in flight/GB"):
         cost.add_column(column, justify="left" if column == "layout" else "right")
     for r in results:
         name = f"{r.layout} {r.worker_flag}".strip()
@@ -77,9 +77,12 @@ def print_summary(console: Console, results: list[Result], title: str) -> None:
             f"{r.cpu_ms_by_role.get('gateway', 0):.1f}",
             f"{r.cpu_ms_by_role.get('worker', 0):.1f}" if r.bus == "celery" else "-",
             f"{r.redis_cpu_ms_per_turn:.1f}",
+            f"{r.driver_cpu_ms_per_turn:.1f}",
             f"{r.peak_rss_mb.get('gateway', 0):.0f}",
             f"{r.peak_rss_mb.get('worker', 0):.0f}" if r.bus == "celery" else "-",
             f"{r.peak_rss_mb.get('worker child', 0):.0f}" if r.pool == "prefork" and r.bus == "celery" else "-",
+            f"{r.peak_rss_mb.get('total', 0):.0f}",
+            f"{r.turns_per_gb:.0f}" if r.turns_per_gb else "-",
         )
     console.print(speed)
     console.print(cost)

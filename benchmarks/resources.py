@@ -71,10 +71,25 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_mb(pid: int) -> float:
+    """The process's resident set size now (VmRSS), in MiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+TOTAL = "total"
+
+
 @dataclass
 class MemoryWatch:
-    """Samples peak RSS in the background: of each root process, and of the largest of their children
-    (a worker's pool processes, which autoscale starts and retires while the load runs)."""
+    """Samples peak RSS in the background: of each root process, of the largest of their children (a worker's
+    pool processes, which autoscale starts and retires while the load runs), and of all of them together
+    (`TOTAL`: the sum of every process's RSS at one sample, its peak over the run)."""
 
     roots: Callable[[], Iterable[tuple[str, int]]]  # (role, pid) of the started processes, read each tick
     interval_s: float = 0.25
@@ -83,10 +98,14 @@ class MemoryWatch:
     _thread: threading.Thread | None = None
 
     def sample(self) -> None:
+        total = 0.0
         for role, pid in list(self.roots()):
             self._note(role, peak_rss_mb(pid))
-            for child in process_tree(pid)[1:]:
+            tree = process_tree(pid)
+            total += sum(rss_mb(p) for p in tree)
+            for child in tree[1:]:
                 self._note(f"{role} child", peak_rss_mb(child))
+        self._note(TOTAL, total)
 
     def _note(self, role: str, mb: float) -> None:
         if mb > self.peaks.get(role, 0.0):

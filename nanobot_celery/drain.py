@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from nanobot.agent.loop import STOPPED_TEXT, reply_target
 from nanobot.bus.events import InboundMessage, OutboundMessage
@@ -65,7 +64,7 @@ async def _drain_locked(rt: WorkerRuntime, lease: LockLease) -> int:
     sk = lease.session_key
     handled = 0
     channel = rt.bus.keys.cancel(sk)
-    cancels = await _listen(rt, channel)
+    stops = await rt.cancels.listen(channel)
     try:
         while True:
             if lease.lost:
@@ -81,18 +80,18 @@ async def _drain_locked(rt: WorkerRuntime, lease: LockLease) -> int:
             # Every line logged while handling it (the turn's task, created inside, included) carries these.
             with log_context(session_key=sk, message_id=msg.message_id, channel=msg.channel):
                 try:
-                    handled += await _handle(rt, lease, claimed, msg, cancels, channel)
+                    handled += await _handle(rt, lease, claimed, msg, stops)
                 except LockLost:
                     raise
                 except Exception as exc:
                     await _record_failure(rt, msg, exc)
                     raise
     finally:
-        await _unlisten(rt, channel)
+        await rt.cancels.unlisten(channel)
 
 
 async def _handle(
-    rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage, cancels: Any, channel: str
+    rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage, stops: asyncio.Queue[InboundMessage]
 ) -> int:
     """Answer one claimed message (or set it aside); returns how many messages were answered."""
     mailbox = rt.bus.mailbox
@@ -111,7 +110,7 @@ async def _handle(
             await _set_aside(rt, lease, claimed, msg)
             return 1
         else:
-            reply = await _answer(rt, lease, msg, cancels, channel)
+            reply = await _answer(rt, lease, msg, stops)
     except _Stop as stop:
         return await _stop_queued(rt, lease, claimed, msg, stop.request)
     finally:
@@ -145,38 +144,6 @@ async def _set_aside(rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg:
                 msg.session_key, msg.message_id, entry_id, claimed.deliveries, error.partition(":")[0])
 
 
-async def _listen(rt: WorkerRuntime, channel: str) -> Any:
-    """Subscribe to a conversation's /stop channel on the runtime's one pub/sub connection, kept open
-    between drains (a connection per drain cost a connect and handshake per turn)."""
-    if rt.cancels is None:
-        rt.cancels = rt.bus.redis.pubsub(ignore_subscribe_messages=True)
-    try:
-        await rt.cancels.subscribe(channel)
-    except BaseException:
-        await _forget_listener(rt)
-        raise
-    return rt.cancels
-
-
-async def _unlisten(rt: WorkerRuntime, channel: str) -> None:
-    if rt.cancels is None:
-        return
-    try:
-        await rt.cancels.unsubscribe(channel)
-    except Exception as exc:  # a broken connection: the next drain opens a fresh one
-        log.debug("cancel listener dropped: %s", exc)
-        await _forget_listener(rt)
-
-
-async def _forget_listener(rt: WorkerRuntime) -> None:
-    cancels, rt.cancels = rt.cancels, None
-    if cancels is not None:
-        try:
-            await cancels.aclose()
-        except Exception as exc:
-            log.debug("closing the cancel listener: %s", exc)
-
-
 def _parse(claimed: Claimed) -> InboundMessage | None:
     try:
         return claimed.message()
@@ -201,10 +168,10 @@ def _recorded_reply(rt: WorkerRuntime, claimed: Claimed, msg: InboundMessage) ->
 
 
 async def _answer(
-    rt: WorkerRuntime, lease: LockLease, msg: InboundMessage, cancels: Any, channel: str
+    rt: WorkerRuntime, lease: LockLease, msg: InboundMessage, stops: asyncio.Queue[InboundMessage]
 ) -> OutboundMessage | None:
     turn = asyncio.create_task(rt.agent.run_turn(msg, lease))
-    watch = asyncio.create_task(_watch(lease, cancels, channel))
+    watch = asyncio.create_task(_watch(lease, stops))
     try:
         await asyncio.wait({turn, watch}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -224,17 +191,17 @@ async def _answer(
     raise _Stop(stop)
 
 
-async def _watch(lease: LockLease, cancels: Any, channel: str) -> InboundMessage | None:
-    """Returns the /stop request when one arrives; returns None when the lock is lost."""
-    while not lease.lost:
-        message = await cancels.get_message(timeout=0.2)
-        # The connection is reused between drains: a late message for an earlier conversation is skipped.
-        if message is not None and message.get("channel") == channel:
-            try:
-                return InboundMessage.from_dict(json.loads(message["data"]))
-            except (ValueError, TypeError) as exc:
-                log.error("malformed /stop request ignored: %s", exc)
-    return None
+async def _watch(lease: LockLease, stops: asyncio.Queue[InboundMessage]) -> InboundMessage | None:
+    """Returns the /stop request when one arrives (see nanobot_celery/cancels.py); returns None when the
+    lock is lost."""
+    request = asyncio.ensure_future(stops.get())
+    lost = asyncio.ensure_future(lease.wait_lost())
+    try:
+        await asyncio.wait({request, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (request, lost):
+            waiter.cancel()
+    return request.result() if request.done() and not request.cancelled() else None
 
 
 async def _stop_queued(

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 
 from nanobot.agent.subagent import SubagentTask, run_subagent
 from nanobot.logs import log_context
@@ -36,6 +36,12 @@ def _build_child_runtime(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _close_child_runtime(**_: Any) -> None:
+    close_runtime()
+
+
+@worker_shutdown.connect
+def _close_shared_runtime(**_: Any) -> None:
+    """The threads pool's shared runtime (prefork's main process has none: its children close theirs)."""
     close_runtime()
 
 

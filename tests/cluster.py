@@ -40,9 +40,11 @@ class Cluster:
         redis_url: str | None = None,
         channels: dict[str, Any] | None = None,
         sections: dict[str, Any] | None = None,
+        pool: str = "prefork",
         **bus: Any,
     ) -> None:
         self.tmp_path = tmp_path
+        self.pool = pool
         self.llm = llm
         self.prefix = f"nbtest{uuid.uuid4().hex[:8]}"
         self.redis_url = redis_url or f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
@@ -50,7 +52,7 @@ class Cluster:
         bus_config = {
             "backend": "celery", "redisUrl": self.redis_url, "keyPrefix": self.prefix, "shards": 4,
             "runEmbeddedWorker": False, "sweepIntervalS": 0.5, "lock": {"ttlMs": 3000},
-            "worker": {"pool": "prefork", "autoscale": "4,2", "metricsPort": 0},
+            "worker": {"pool": pool, "autoscale": "4,2", "metricsPort": 0},
         }
         bus_config.update(bus)
         self.config_path = write_config(
@@ -78,8 +80,14 @@ class Cluster:
 
     def start_worker(self, metrics_port: int | None = None, env: dict[str, str] | None = None,
                      **options: Any) -> Process:
-        """A worker; with `metrics_port` its main process serves /metrics and /health there."""
+        """A worker; with `metrics_port` its main process serves /metrics and /health there. In a threads-pool
+        cluster, `autoscale="N,M"` becomes N threads."""
         name = options.pop("name", f"w{len(self.workers)}-{uuid.uuid4().hex[:4]}@%h")
+        if self.pool == "threads" and "pool" not in options:
+            options["pool"] = "threads"
+            autoscale = options.pop("autoscale", None)
+            if autoscale and "concurrency" not in options:
+                options["concurrency"] = int(autoscale.split(",")[0])
         argv = worker_argv(self.config, name=name, **options)
         extra = {"NANOBOT_BUS__WORKER__METRICS_PORT": str(metrics_port)} if metrics_port else {}
         proc = Process(argv, self._log("worker"), env={**self.env, **extra, **(env or {})})

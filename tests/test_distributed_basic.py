@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nanobot.testing.llm_server import FakeLLM
+from tests.pools import cluster_factory_each_pool  # noqa: F401  (every test here runs under both pools)
 
 
 def answer(response: Any) -> str:

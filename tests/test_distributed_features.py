@@ -16,6 +16,7 @@ from nanobot.cron.types import CronSchedule
 from nanobot.testing.llm_server import FakeLLM, Rule
 from nanobot.testing.processes import Process, nanobot, wait_until
 from tests.cluster import Cluster, wait_for
+from tests.pools import cluster_factory_each_pool  # noqa: F401  (every test here runs under both pools)
 
 
 def content(response: Any) -> str:

@@ -14,6 +14,7 @@ from nanobot.bus.events import InboundMessage
 from nanobot.testing.llm_server import FakeLLM, RecordedRequest, Rule
 from nanobot_celery.bus import CeleryMessageBus, ring
 from tests.cluster import Cluster, wait_for
+from tests.pools import cluster_factory_each_pool  # noqa: F401  (every test here runs under both pools)
 
 
 def publish(cluster: Cluster, messages: list[InboundMessage], extra_rings: list[str] = ()) -> None:  # type: ignore[assignment]
@@ -77,7 +78,9 @@ def test_one_at_a_time_in_order_no_mixing_across_children_and_workers(cluster_fa
     assert len(replies) == 44
     for reply in replies:
         assert reply["content"].removeprefix("echo: ").startswith(reply["chat_id"])
-    workers_used = {line.split()[2] for w in cluster.workers for line in w.log().splitlines() if "turn start" in line}
+    # (worker, pool process): prefork spreads turns over children, the threads pool over workers' shared loops
+    workers_used = {(n, line.split()[2]) for n, w in enumerate(cluster.workers) for line in w.log().splitlines()
+                    if "turn start" in line}
     assert len(workers_used) >= 2, "turns did not spread over several pool processes"
 
 

@@ -15,6 +15,7 @@ import pytest
 from nanobot.testing.llm_server import FakeLLM, Rule
 from nanobot.testing.processes import Process, nanobot, wait_http_ok
 from tests.cluster import Cluster, wait_for
+from tests.pools import cluster_factory_each_pool  # noqa: F401  (every test here runs under both pools)
 
 
 def _send_all(cluster: Cluster, n: int) -> list[dict[str, Any]]:

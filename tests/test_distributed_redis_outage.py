@@ -8,6 +8,7 @@ from typing import Any
 
 from nanobot.testing.llm_server import FakeLLM
 from tests.cluster import Cluster, wait_for
+from tests.pools import cluster_factory_each_pool  # noqa: F401  (every test here runs under both pools)
 from tests.private_redis import StoppableRedis
 
 

@@ -1,4 +1,4 @@
-"""The local conversation lock manager."""
+"""The conversation lock managers (local, and Redis where a test says so)."""
 
 from __future__ import annotations
 
@@ -117,6 +117,41 @@ def test_redis_lease_is_held_by_one_holder_at_a_time() -> None:
             assert await client.get(key) == "holder-1"
         finally:
             await client.delete(key)
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_redis_locks_of_many_conversations_in_one_process_renew_independently() -> None:
+    """One worker process (the threads pool's shared loop) holds several conversations at once. Every lock's
+    fence starts at 1 and the owner is the process's, so their tokens are equal: releasing one must neither stop
+    another's renewal (it would expire mid-turn) nor leave its own renewal running (it would report a lost lock)."""
+    import redis.asyncio as aioredis
+
+    from nanobot.session.locks import RedisConversationLockManager
+    from nanobot.session.redis_keys import RedisKeys
+    from tests.cluster import REDIS_DB, REDIS_HOST, REDIS_PORT, redis_available
+
+    if not redis_available():
+        raise AssertionError("Redis is needed (scripts/test starts one)")
+
+    async def scenario() -> None:
+        client = aioredis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB, decode_responses=True)
+        prefix = f"nbtest-locks-{uuid.uuid4().hex[:8]}"
+        locks = RedisConversationLockManager(client, RedisKeys(prefix), ttl_ms=300)
+        try:
+            first = await locks.try_acquire("api:a")
+            second = await locks.try_acquire("api:b")
+            assert first is not None and second is not None and first.token == second.token
+            await locks.release(first)
+            await asyncio.sleep(0.8)  # past two TTLs: only renewals keep the second lock
+            assert await locks.is_held(second) and not second.lost, "the other conversation's lock expired"
+            assert not first.lost, "the released lock's renewal kept running"
+            await locks.release(second)
+            assert not await client.exists(f"{prefix}:lock:api:b")
+        finally:
+            for key in await client.keys(f"{prefix}:*"):
+                await client.delete(key)
             await client.aclose()
 
     asyncio.run(scenario())

@@ -16,7 +16,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nanobot.session.redis_keys import RedisKeys
@@ -36,7 +36,16 @@ class LockLease:
     fence: int  # increases with every acquisition of this lock; writes made under an older one are stale
     waited_s: float  # time spent waiting for the lock
     token: str = ""  # the lock's value in a shared store
-    lost: bool = False  # set when a renewal found the lock gone
+    lost: bool = False  # set (by `mark_lost`) when a renewal found the lock gone
+    _lost_event: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+    def mark_lost(self) -> None:
+        self.lost = True
+        self._lost_event.set()
+
+    async def wait_lost(self) -> None:
+        """Return once the lock is found lost."""
+        await self._lost_event.wait()
 
 
 class ConversationLockManager(ABC):
@@ -161,7 +170,9 @@ class RedisConversationLockManager(ConversationLockManager):
         self._acquire = redis.register_script(_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
-        self._renewers: dict[str, asyncio.Task[None]] = {}  # token -> renewal task
+        # (session key, token) -> renewal task. The token alone repeats across conversations (every lock's fence
+        # starts at 1, and the owner is the process's): one process may hold many conversations at once.
+        self._renewers: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     async def try_acquire(self, session_key: str, waited_s: float = 0.0) -> LockLease | None:
         """Take the lock if it is free; None when someone holds it."""
@@ -170,7 +181,7 @@ class RedisConversationLockManager(ConversationLockManager):
         if not fence:
             return None
         lease = LockLease(session_key, fence, waited_s, token=f"{fence}:{self.owner}")
-        self._renewers[lease.token] = asyncio.create_task(self._keep_alive(lease))
+        self._renewers[(session_key, lease.token)] = asyncio.create_task(self._keep_alive(lease))
         return lease
 
     async def acquire(self, session_key: str) -> LockLease:
@@ -184,7 +195,7 @@ class RedisConversationLockManager(ConversationLockManager):
             delay = min(delay * 1.5, 0.25)
 
     async def release(self, lease: LockLease) -> None:
-        renewer = self._renewers.pop(lease.token, None)
+        renewer = self._renewers.pop((lease.session_key, lease.token), None)
         if renewer is not None:
             renewer.cancel()
         await self._release(keys=[self.keys.lock(lease.session_key)], args=[lease.token])
@@ -204,6 +215,6 @@ class RedisConversationLockManager(ConversationLockManager):
                 log.warning("session=%s lock renewal failed: %s", lease.session_key, exc)
                 continue
             if not renewed:
-                lease.lost = True
+                lease.mark_lost()
                 log.warning("session=%s lock lost (fence %d)", lease.session_key, lease.fence)
                 return
