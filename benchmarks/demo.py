@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +56,21 @@ def parse_layout(spec: str, slots: int, min_slots: int) -> Layout:
     return Layout("celery", int(parts[1]), pool, slots, min(min_slots, slots))
 
 
-async def run_layouts(layouts: list[Layout], load: Load, probe: list[Layout], llm: SimulatedLLM, workdir: Path,
-                      redis_url: str) -> tuple[list[Result], list[Result]]:
-    results, probes = [], []
+@dataclass
+class Group:
+    """Layouts measured under one load, reported in one table."""
+
+    title: str
+    layouts: list[Layout]
+    load: Load
+    results: list[Result] = field(default_factory=list)
+
+
+async def run_groups(groups: list[Group], llm: SimulatedLLM, workdir: Path, redis_url: str) -> None:
     with progress_bar(console) as progress:
-        for group, spec, out in ((layouts, load, results), (probe, PROBE, probes)):
-            for index, layout in enumerate(group):
+        for number, group in enumerate(groups):
+            spec = group.load
+            for index, layout in enumerate(group.layouts):
                 label = f"{layout.name}: {spec.users} users × {spec.turns} turns"
                 label += " (overhead probe)" if spec is PROBE else ""
                 task = progress.add_task(label, total=spec.users * spec.turns)
@@ -67,30 +78,66 @@ async def run_layouts(layouts: list[Layout], load: Load, probe: list[Layout], ll
                 def advance(_: Turn, task: Any = task) -> None:
                     progress.advance(task)
 
-                where = workdir / f"{'probe' if spec is PROBE else 'run'}{index}-{layout.name.replace(' ', '-')}"
+                where = workdir / f"group{number}-{index}-{layout.name.replace(' ', '-')}"
                 result = await measure(layout, spec, llm, where, redis_url, advance)
                 progress.remove_task(task)
                 verdict = "[green]checks pass[/green]" if result.passed else "[red]checks FAIL[/red]"
                 console.print(f"  {label}: {result.throughput:.1f} turns/s, "
                               f"p95 {result.latency_ms.get('p95', 0):.0f} ms, {verdict}")
-                out.append(result)
-    return results, probes
+                group.results.append(result)
+
+
+DEFAULT_LAYOUTS = "local,celery:1,celery:3,celery:5,celery:3:threads:10,celery:1:threads:100"
+SCALE_LAYOUTS = "celery:2:threads:500,celery:3:prefork:10,2"
+SCALE_USERS = 1000
+
+
+def plan(args: argparse.Namespace, load: Load, scale: bool) -> list[Group]:
+    """What to measure: the layouts under the load, then the overhead probe (local and one threads worker).
+    With --scale, a prefork layout gets one turn per user: its few slots would take an hour over more."""
+    # Layouts are comma-separated, and so are a prefork layout's slots (celery:3:prefork:10,2): a layout starts
+    # with a letter.
+    specs = list(dict.fromkeys(re.split(r",(?=[a-z])", args.layouts or (SCALE_LAYOUTS if scale else DEFAULT_LAYOUTS))))
+    layouts = [parse_layout(s.strip(), args.slots, args.min_slots) for s in specs]
+    if not scale:
+        groups = [Group(load_title(load), layouts, load)]
+    else:
+        slim = Load(load.users, 1, load.latency_s, load.jitter)
+        groups = [Group(f"a thousand conversations: {load_title(load)}", [x for x in layouts if x.pool != "prefork"],
+                        load),
+                  Group(f"a thousand conversations, prefork: {load_title(slim)}",
+                        [x for x in layouts if x.pool == "prefork"], slim)]
+    if not (args.no_probe or scale):
+        groups.append(Group("overhead probe: 1 user, zero-latency SIMULATED LLM",
+                            [Layout(), Layout("celery", 1, "threads", 1, 1), Layout("celery", 1, "prefork", 1, 1)],
+                            PROBE))
+    return [g for g in groups if g.layouts]
+
+
+def load_title(load: Load) -> str:
+    return f"{load.users} users × {load.turns} turns, SIMULATED LLM {load.latency_s:.2f}s ± {load.jitter:.0%}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=50, help="simulated users, all at once (default 50)")
-    parser.add_argument("--turns", type=int, default=4, help="turns per user (default 4)")
-    parser.add_argument("--latency", type=float, default=1.0, help="simulated LLM latency in seconds (default 1)")
+    parser.add_argument("--users", type=int, default=None,
+                        help="simulated users, all at once (default 50; --scale 1000)")
+    parser.add_argument("--turns", type=int, default=None, help="turns per user (default 4; --scale 3)")
+    parser.add_argument("--latency", type=float, default=None,
+                        help="simulated LLM latency in seconds (default 1; --scale 10)")
     parser.add_argument("--jitter", type=float, default=0.2, help="latency jitter as a fraction (default 0.2)")
-    parser.add_argument("--workers", type=int, default=3, help="celery workers of the main layout (default 3)")
-    parser.add_argument("--slots", type=int, default=17,
-                        help="per worker: --autoscale maximum (prefork) or --concurrency (threads); default 17")
-    parser.add_argument("--min-slots", type=int, default=4, help="per worker: --autoscale minimum (default 4)")
+    parser.add_argument("--workers", type=int, default=3,
+                        help="celery workers of the chaos and rollback drills (default 3)")
+    parser.add_argument("--slots", type=int, default=10,
+                        help="per worker: --autoscale maximum (prefork) or --concurrency (threads); default 10")
+    parser.add_argument("--min-slots", type=int, default=2, help="per worker: --autoscale minimum (default 2)")
     parser.add_argument("--layouts", default=None,
-                        help="comma-separated: local, celery:N, celery:N:threads "
-                             "(default: local, celery:1, celery:WORKERS, celery:5, celery:WORKERS:threads)")
+                        help="comma-separated: local, celery:N[:prefork|threads[:SLOTS]] (SLOTS: MAX,MIN for "
+                             f"prefork, N threads). Default: {DEFAULT_LAYOUTS}; with --scale: {SCALE_LAYOUTS}")
+    parser.add_argument("--scale", action="store_true",
+                        help="a thousand conversations: 1000 users × 3 turns with a 10 s LLM on the threads pool, "
+                             "and the card's prefork command beside it (1000 users × 1 turn: it has 30 slots)")
     parser.add_argument("--no-probe", action="store_true",
                         help="skip the overhead probe (1 user, 40 turns, zero-latency simulated LLM)")
     parser.add_argument("--chaos", action="store_true", help="run the chaos drill instead of the comparison")
@@ -99,13 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"), help="where the JSON and PNG go")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, sessions)")
     args = parser.parse_args(argv)
+    scale = args.scale and not (args.chaos or args.rollback)
+    args.users = args.users or (SCALE_USERS if scale else 50)
+    args.turns = args.turns or (3 if scale else 4)
+    args.latency = args.latency if args.latency is not None else (10.0 if scale else 1.0)
+    load = Load(args.users, args.turns, args.latency, args.jitter)
     try:
-        default = f"local,celery:1,celery:{args.workers},celery:5,celery:{args.workers}:threads"
-        specs = list(dict.fromkeys((args.layouts or default).split(",")))
-        layouts = [parse_layout(s.strip(), args.slots, args.min_slots) for s in specs]
+        groups = plan(args, load, scale)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
-    load = Load(args.users, args.turns, args.latency, args.jitter)
 
     def on_sigterm(*_: Any) -> None:
         raise KeyboardInterrupt
@@ -127,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
             ok = asyncio.run(run_rollback(load, args, llm, workdir, console))
         else:
-            ok = compare(layouts, load, args, llm, workdir)
+            ok = compare(groups, args, llm, workdir)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: every process started was stopped[/yellow]")
         return 130
@@ -139,25 +188,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def compare(layouts: list[Layout], load: Load, args: argparse.Namespace, llm: SimulatedLLM, workdir: Path) -> bool:
-    probe = [] if args.no_probe else [Layout(), Layout("celery", 1, "prefork", 1, 1)]
+def compare(groups: list[Group], args: argparse.Namespace, llm: SimulatedLLM, workdir: Path) -> bool:
     started = time.monotonic()
-    results, probes = asyncio.run(run_layouts(layouts, load, probe, llm, workdir, args.redis_url))
-    for result in results + probes:
+    asyncio.run(run_groups(groups, llm, workdir, args.redis_url))
+    results = [r for g in groups for r in g.results]
+    for result in results:
         if not result.passed:
             print_checks(console, result.layout, result.checks)
-    print_summary(console, results, f"{load.users} users × {load.turns} turns, SIMULATED LLM "
-                                    f"{load.latency_s:.2f}s ± {load.jitter:.0%}")
-    if probes:
-        print_summary(console, probes, "overhead probe: 1 user, zero-latency SIMULATED LLM")
+    for group in groups:
+        print_summary(console, group.results, group.title)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path = args.out / f"benchmark-{stamp}.json"
-    write_json(json_path, results, probes, {"duration_s": round(time.monotonic() - started, 1),
-                                             "argv": sys.argv[1:]})
+    probes = [r for g in groups if g.load is PROBE for r in g.results]
+    write_json(json_path, [r for r in results if r not in probes], probes,
+               {"duration_s": round(time.monotonic() - started, 1), "argv": sys.argv[1:]})
     png_path = args.out / f"benchmark-{stamp}.png"
-    drawn = write_png(png_path, results)
+    drawn = write_png(png_path, [r for r in results if r not in probes])
     console.print(f"report: {json_path}" + (f", {png_path}" if drawn else " (no PNG: matplotlib is not installed)"))
-    return all(r.passed for r in results + probes)
+    return all(r.passed for r in results)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ import sys
 from nanobot.config.schema import Config
 from nanobot_celery.routing import all_queues
 
+# Turns one threads-pool worker runs at once when `bus.worker.concurrency` is not set.
+THREADS_DEFAULT = 100
+
 
 def worker_argv(
     config: Config,
@@ -20,20 +23,22 @@ def worker_argv(
     name: str | None = None,
     loglevel: str | None = None,
 ) -> list[str]:
-    """`loglevel` defaults to $NANOBOT_LOG_LEVEL, else the config's `logging.level`."""
+    """`loglevel` defaults to $NANOBOT_LOG_LEVEL, else the config's `logging.level`. An `autoscale` given without
+    a pool asks for prefork (only prefork autoscales)."""
     w = config.bus.worker
     loglevel = loglevel or os.environ.get("NANOBOT_LOG_LEVEL") or config.logging.level
-    pool = pool or w.pool
+    pool = pool or ("prefork" if autoscale else w.pool)
     argv = [sys.executable, "-m", "celery", "-A", "nanobot_celery", "worker", f"--pool={pool}",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
             f"--queues={queues or ','.join(all_queues(config.bus.shards, config.bus.key_prefix))}"]
     concurrency = concurrency or w.concurrency
-    autoscale = autoscale or (None if concurrency else w.autoscale)
-    if pool != "solo":
-        if autoscale and pool == "prefork":
-            argv.append(f"--autoscale={autoscale}")
-        elif concurrency or autoscale:
-            argv.append(f"--concurrency={concurrency or int((autoscale or '1').split(',')[0])}")
+    if pool == "threads":
+        # Autoscale is prefork's: a threads pool has its fixed number of threads (a parked one costs little).
+        argv.append(f"--concurrency={concurrency or THREADS_DEFAULT}")
+    elif pool == "prefork":
+        autoscale = autoscale or (None if concurrency else w.autoscale)
+        if autoscale or concurrency:
+            argv.append(f"--autoscale={autoscale}" if autoscale else f"--concurrency={concurrency}")
     if name:
         argv.append(f"--hostname={name}")
     return argv

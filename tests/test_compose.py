@@ -255,17 +255,18 @@ def test_worker_command(compose: dict[str, Any], celery_app: Any) -> None:
     worker = service(compose, "worker")
     argv = command(worker)
     assert argv[:4] == ["celery", "-A", "nanobot_celery", "worker"], argv
-    assert "--autoscale=10,2" in argv
+    assert "--pool=threads" in argv and "--concurrency=100" in argv
     assert hasattr(celery_app, "app")
 
     from celery.bin.worker import worker as celery_worker
 
     opts = {opt for param in celery_worker.params for opt in param.opts}
-    assert {"--autoscale", "--without-gossip", "--without-mingle", "--loglevel"} <= opts
+    assert {"--pool", "--concurrency", "--without-gossip", "--without-mingle", "--loglevel"} <= opts
     ctx = celery_worker.make_context("worker", argv[4:], obj=SimpleNamespace(app=celery_app.app))
-    assert ctx.params["autoscale"] == (10, 2)
+    # The I/O-bound mode: many turns per process on one shared event loop (nanobot_celery/runtime.py).
+    assert ctx.params["pool"].__module__.endswith("thread"), ctx.params["pool"]
+    assert ctx.params["concurrency"] == 100 and ctx.params["autoscale"] is None
     assert ctx.params["without_gossip"] and ctx.params["without_mingle"]
-    assert ctx.params["pool"].__module__.endswith("prefork"), "--autoscale only works with the prefork pool"
     assert ctx.params["queues"] is None, "without -Q a worker consumes every turn queue"
 
     # The same fixed flags `nanobot worker` uses.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -365,3 +366,21 @@ def test_messages_never_show_a_dict_key_from_a_variable_name(tmp_path: Path, cap
     with caplog.at_level(logging.WARNING, logger="nanobot.config.loader"):
         load_config(tmp_path / "none.json", env={f"NANOBOT_CHANNELS__APIX__KEYS__{secret}": "alice"})
     assert "NANOBOT_CHANNELS__APIX__…" in caplog.text and secret not in caplog.text
+
+
+def test_worker_command_line_by_pool() -> None:
+    """`nanobot worker` runs the threads pool by default (100 turns at once per process); `--autoscale` alone asks
+    for prefork, the card's command; a configured prefork pool autoscales as configured."""
+    from nanobot_celery.worker import worker_argv
+
+    def flags(config: Config, **options: Any) -> list[str]:
+        return [a for a in worker_argv(config, **options) if a.startswith(("--pool", "--autoscale", "--concurrency"))]
+
+    default = Config()
+    assert flags(default) == ["--pool=threads", "--concurrency=100"]
+    assert flags(default, concurrency=300) == ["--pool=threads", "--concurrency=300"]
+    assert flags(default, autoscale="10,2") == ["--pool=prefork", "--autoscale=10,2"]
+    prefork = Config.model_validate({"bus": {"worker": {"pool": "prefork", "autoscale": "6,1"}}})
+    assert flags(prefork) == ["--pool=prefork", "--autoscale=6,1"]
+    assert flags(prefork, concurrency=4) == ["--pool=prefork", "--concurrency=4"]
+    assert flags(default, pool="solo") == ["--pool=solo"]

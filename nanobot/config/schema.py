@@ -268,10 +268,14 @@ class LockConfig(Base):
 
 
 class WorkerConfig(Base):
-    """How `nanobot worker` (and the gateway's embedded worker) runs Celery."""
+    """How `nanobot worker` (and the gateway's embedded worker) runs Celery.
 
-    pool: Literal["prefork", "threads", "solo"] = "prefork"
-    autoscale: str | None = Field(default="10,2", pattern=r"^\d+,\d+$")
+    threads (the default): one process runs `concurrency` turns at once (100 if unset) on one shared event loop;
+    a turn waiting on the LLM costs a coroutine and a parked thread, not a process. prefork: one process per turn
+    at a time, `autoscale` MAX,MIN of them (the card's `celery -A nanobot_celery worker --autoscale=10,2`)."""
+
+    pool: Literal["prefork", "threads", "solo"] = "threads"
+    autoscale: str | None = Field(default="10,2", pattern=r"^\d+,\d+$")  # prefork only
     concurrency: int | None = Field(default=None, gt=0)
     # Each worker's main process serves /metrics (its pool added up) and /health here; 0 turns it off.
     metrics_host: str = "127.0.0.1"
