@@ -34,6 +34,7 @@ from nanobot_celery.redis_url import redact
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 PROBE = Load(users=1, turns=40, latency_s=0.0, jitter=0.0)
+TRIPS = Load(users=1, turns=40, latency_s=0.0, jitter=0.0)  # the probe's load, measured under MONITOR
 
 
 def parse_layout(spec: str, slots: int, min_slots: int) -> Layout:
@@ -79,7 +80,7 @@ async def run_groups(groups: list[Group], llm: SimulatedLLM, workdir: Path, redi
                     progress.advance(task)
 
                 where = workdir / f"group{number}-{index}-{layout.name.replace(' ', '-')}"
-                result = await measure(layout, spec, llm, where, redis_url, advance)
+                result = await measure(layout, spec, llm, where, redis_url, advance, round_trips=spec is TRIPS)
                 progress.remove_task(task)
                 verdict = "[green]checks pass[/green]" if result.passed else "[red]checks FAIL[/red]"
                 console.print(f"  {label}: {result.throughput:.1f} turns/s, "
@@ -107,6 +108,9 @@ def plan(args: argparse.Namespace, load: Load, scale: bool) -> list[Group]:
                         load),
                   Group(f"a thousand conversations, prefork: {load_title(slim)}",
                         [x for x in layouts if x.pool == "prefork"], slim)]
+    if args.round_trips:
+        return [Group("Redis round trips per turn (MONITOR: other figures of this run are not comparable)",
+                      [Layout("celery", 1, "prefork", 1, 1), Layout("celery", 1, "threads", 1, 1)], TRIPS)]
     if not (args.no_probe or scale):
         groups.append(Group("overhead probe: 1 user, zero-latency SIMULATED LLM",
                             [Layout(), Layout("celery", 1, "threads", 1, 1), Layout("celery", 1, "prefork", 1, 1)],
@@ -138,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", action="store_true",
                         help="a thousand conversations: 1000 users × 3 turns with a 10 s LLM on the threads pool, "
                              "and the card's prefork command beside it (1000 users × 1 turn: it has 30 slots)")
+    parser.add_argument("--round-trips", action="store_true",
+                        help="only count Redis round trips per turn (MONITOR; 1 user × 40 turns, zero latency) for "
+                             "the prefork and threads pools")
     parser.add_argument("--no-probe", action="store_true",
                         help="skip the overhead probe (1 user, 40 turns, zero-latency simulated LLM)")
     parser.add_argument("--chaos", action="store_true", help="run the chaos drill instead of the comparison")

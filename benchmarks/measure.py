@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import statistics
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 from benchmarks.load import Turn, User, drive_users, make_users
 from benchmarks.resources import TOTAL, MemoryWatch, cpu_seconds
+from benchmarks.roundtrips import RoundTripWatch
 from benchmarks.scrape import Backlog, BacklogWatch
 from benchmarks.stack import Layout, SimulatedLLM, Stack, redis_cpu_seconds
 from benchmarks.verdict import Check, calls_by_turn, judge
@@ -58,6 +60,9 @@ class Result:
     # the operator's view, from the gateway's and workers' /metrics (benchmarks/scrape.py)
     backlog: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    # --round-trips: Redis requests waited on, and commands by name, per turn (benchmarks/roundtrips.py)
+    redis_round_trips_per_turn: float | None = None
+    redis_commands_per_turn: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -131,6 +136,7 @@ async def measure(
     workdir: Path,
     redis_url: str,
     on_turn: Callable[[Turn], None],
+    round_trips: bool = False,
 ) -> Result:
     llm.reset(load.latency_s, load.jitter)
     stack = Stack(layout, llm, workdir, redis_url)
@@ -140,9 +146,14 @@ async def measure(
         cpu_before = _cpu_by_role(stack)
         redis_before = redis_cpu_seconds(redis_url)
         watch = BacklogWatch(stack.gateway_metrics_url, stack.turn_metrics_urls(), layout.bus == "celery").start()
+        monitor = RoundTripWatch(redis_url).start() if round_trips else None
+        if monitor is not None:
+            await asyncio.to_thread(monitor.idle_then_load)
         started, driver_before = time.perf_counter(), time.process_time()
         users = await drive_users(stack.url, make_users(load.users, workdir.name), load.turns, on_turn)
         elapsed, driver_s = time.perf_counter() - started, time.process_time() - driver_before
+        if monitor is not None:
+            await asyncio.to_thread(monitor.stop)
         cpu_after = _cpu_by_role(stack)
         redis_after = redis_cpu_seconds(redis_url)
         backlog = await watch.stop()
@@ -150,9 +161,13 @@ async def measure(
         records = llm.records()
     finally:
         stack.stop()
-    return summarize(layout, load, users, records, elapsed, stack.logs(),
-                     {role: cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0) for role in cpu_after},
-                     redis_after - redis_before, peaks, backlog, driver_s)
+    result = summarize(layout, load, users, records, elapsed, stack.logs(),
+                       {role: cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0) for role in cpu_after},
+                       redis_after - redis_before, peaks, backlog, driver_s)
+    if monitor is not None:
+        result.redis_round_trips_per_turn, _, result.redis_commands_per_turn = monitor.per_turn(
+            max(1, result.turns_answered))
+    return result
 
 
 def operator_checks(layout: Layout, backlog: Backlog | None, answered: int) -> list[Check]:

@@ -86,6 +86,16 @@ def print_summary(console: Console, results: list[Result], title: str) -> None:
         )
     console.print(speed)
     console.print(cost)
+    counted = [r for r in results if r.redis_round_trips_per_turn is not None]
+    if counted:
+        trips = Table(title=f"{title}: Redis per turn, all processes (benchmarks/roundtrips.py)")
+        for column in ("layout", "round trips", "commands", "by command"):
+            trips.add_column(column, justify="left" if column in ("layout", "by command") else "right")
+        for r in counted:
+            by_name = ", ".join(f"{name} {n:g}" for name, n in r.redis_commands_per_turn.items())
+            trips.add_row(f"{r.layout} {r.worker_flag}".strip(), f"{r.redis_round_trips_per_turn:.1f}",
+                          f"{sum(r.redis_commands_per_turn.values()):.1f}", by_name)
+        console.print(trips)
     distributed = [r for r in results if r.bus == "celery" and r.backlog]
     if distributed:
         ops = Table(title=f"{title}: the operator's view (gateway and worker /metrics)")

@@ -1,7 +1,8 @@
 """Drain one conversation's mailbox under its lock: what a `process_turn` task does.
 
     take the lock (or return: the holder drains, and re-checks after it lets go)
-    repeat: claim the next message (left in flight first), run its turn, commit (fenced)
+    repeat: claim the next message (left in flight first), run its turn, commit (fenced; it also tells
+            when nothing else waits, which ends the loop without another claim)
     release; if work arrived meanwhile, go round again (closes the lost-wakeup race)
 
 A message recovered from flight whose turn is already in the history (its holder died between saving
@@ -25,7 +26,7 @@ from nanobot.logs import log_context
 from nanobot.metrics.instruments import count_turn
 from nanobot.session.locks import LockLease, LockLost
 from nanobot_celery import deadletters, outbound
-from nanobot_celery.mailbox import Claimed
+from nanobot_celery.mailbox import COMMIT_LOST, COMMITTED_IDLE, Claimed
 from nanobot_celery.metrics import REDELIVERIES
 from nanobot_celery.runtime import WorkerRuntime
 
@@ -70,8 +71,7 @@ async def _drain_locked(rt: WorkerRuntime, lease: LockLease) -> int:
             if lease.lost:
                 raise LockLost(f"session {sk}: lock lost")
             claimed = await mailbox.claim(lease)
-            if claimed is None:
-                await mailbox.forget_if_idle(sk)
+            if claimed is None:  # the claim also took the conversation out of the busy set
                 return handled
             msg = _parse(claimed)
             if msg is None:  # malformed entry: logged, dropped so it cannot block the conversation
@@ -80,26 +80,35 @@ async def _drain_locked(rt: WorkerRuntime, lease: LockLease) -> int:
             # Every line logged while handling it (the turn's task, created inside, included) carries these.
             with log_context(session_key=sk, message_id=msg.message_id, channel=msg.channel):
                 try:
-                    handled += await _handle(rt, lease, claimed, msg, stops)
+                    outcome = await _handle(rt, lease, claimed, msg, stops)
                 except LockLost:
                     raise
                 except Exception as exc:
                     await _record_failure(rt, msg, exc)
                     raise
+            handled += outcome.answered
+            if outcome.idle:  # the commit found nothing else waiting: no claim needed to learn that
+                return handled
     finally:
         await rt.cancels.unlisten(channel)
 
 
+@dataclass
+class _Handled:
+    answered: int  # messages answered (a /stop answers the stopped ones)
+    idle: bool = False  # its commit found the conversation with nothing else to do
+
+
 async def _handle(
     rt: WorkerRuntime, lease: LockLease, claimed: Claimed, msg: InboundMessage, stops: asyncio.Queue[InboundMessage]
-) -> int:
-    """Answer one claimed message (or set it aside); returns how many messages were answered."""
+) -> _Handled:
+    """Answer one claimed message (or set it aside)."""
     mailbox = rt.bus.mailbox
     if claimed.recovered:
         REDELIVERIES.inc()
         if await mailbox.is_done(msg.session_key, msg.message_id):
             await mailbox.commit(lease, claimed, msg.message_id, None)
-            return 0
+            return _Handled(0)
     origin = outbound.origin_of(msg)
     token = outbound.turn_origin.set(origin)
     try:
@@ -108,18 +117,19 @@ async def _handle(
             count_turn("recovered")
         elif claimed.deliveries > rt.config.bus.max_deliveries:
             await _set_aside(rt, lease, claimed, msg)
-            return 1
+            return _Handled(1)
         else:
             reply = await _answer(rt, lease, msg, stops)
     except _Stop as stop:
-        return await _stop_queued(rt, lease, claimed, msg, stop.request)
+        return _Handled(await _stop_queued(rt, lease, claimed, msg, stop.request))
     finally:
         outbound.turn_origin.reset(token)
     if reply is not None:
         outbound.addressed(reply, origin)
-    if not await mailbox.commit(lease, claimed, msg.message_id, reply):
+    committed = await mailbox.commit(lease, claimed, msg.message_id, reply)
+    if committed == COMMIT_LOST:
         raise LockLost(f"session {lease.session_key}: lock lost before commit; reply dropped")
-    return 1
+    return _Handled(1, idle=committed == COMMITTED_IDLE)
 
 
 async def _record_failure(rt: WorkerRuntime, msg: InboundMessage, exc: Exception) -> None:

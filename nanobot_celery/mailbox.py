@@ -34,9 +34,10 @@ redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
 return 1
 """
-# KEYS: lock, inflight, mailbox, deliveries. ARGV: token, deliveries ttl s.
-# Returns {item, recovered, deliveries, last error} or {} when empty. Each claim of a message counts one delivery
-# (field = its message id); the error its previous attempt recorded is handed over once and forgotten.
+# KEYS: lock, inflight, mailbox, deliveries, busy set. ARGV: token, deliveries ttl s, session key.
+# Returns {item, recovered, deliveries, last error}, or {} when both lists are empty: the conversation then
+# leaves the busy set in the same step (no separate forget-if-idle round trip). Each claim of a message counts
+# one delivery (field = its message id); the error its previous attempt recorded is handed over once and forgotten.
 _CLAIM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('NANOBOT_LOCK_LOST') end
 local recovered = 1
@@ -45,7 +46,10 @@ if not item then
   recovered = 0
   item = redis.call('LMOVE', KEYS[3], KEYS[2], 'LEFT', 'RIGHT')
 end
-if not item then return {} end
+if not item then
+  redis.call('SREM', KEYS[5], ARGV[3])
+  return {}
+end
 local count, err = 0, ''
 local ok, data = pcall(cjson.decode, item)
 if ok and type(data) == 'table' and (type(data['message_id']) == 'string' or type(data['message_id']) == 'number') then
@@ -72,11 +76,18 @@ redis.call('SET', KEYS[3], 'done', 'EX', ARGV[5])
 redis.call('LREM', KEYS[2], 1, ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[7], 'error:' .. ARGV[7])
 """
+# Commit also tells whether the conversation is now idle (KEYS[6] mailbox and the in-flight list empty): it then
+# leaves KEYS[7], the busy set (ARGV[8]: session key), and the drain needs no further claim to learn it.
 _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 """ + _FINISH + """
+if redis.call('LLEN', KEYS[2]) == 0 and redis.call('LLEN', KEYS[6]) == 0 then
+  redis.call('SREM', KEYS[7], ARGV[8])
+  return 2
+end
 return 1
 """
+COMMIT_LOST, COMMITTED, COMMITTED_IDLE = 0, 1, 2
 # As commit (the reply is the apology), after adding the message to the dead letters. KEYS: commit's, dead
 # letters. ARGV: commit's, then dead-letter maxlen, session key, channel, chat id, error, deliveries, dead_at.
 # Returns the dead-letter entry id, or 0 if the lock is no longer ours.
@@ -149,13 +160,13 @@ class Mailbox:
         return bool(await self._enqueue(keys=keys, args=[payload, self.dedup_ttl_s, sk, self.rung_ttl_ms]))
 
     async def claim(self, lease: LockLease) -> Claimed | None:
-        """The next message to run: one left in flight first, else the mailbox head (moved in flight)."""
+        """The next message to run: one left in flight first, else the mailbox head (moved in flight). None when
+        there is none; the conversation is then no longer busy (as `forget_if_idle`)."""
         sk = lease.session_key
+        keys = [self.keys.lock(sk), self.keys.inflight(sk), self.keys.mailbox(sk), self.keys.deliveries(sk),
+                self.keys.busy_sessions]
         try:
-            result = await self._claim(
-                keys=[self.keys.lock(sk), self.keys.inflight(sk), self.keys.mailbox(sk), self.keys.deliveries(sk)],
-                args=[lease.token, self.dedup_ttl_s],
-            )
+            result = await self._claim(keys=keys, args=[lease.token, self.dedup_ttl_s, sk])
         except Exception as exc:
             if "NANOBOT_LOCK_LOST" in str(exc):
                 raise LockLost(f"session {sk}: lock lost before claiming") from exc
@@ -168,10 +179,13 @@ class Mailbox:
     async def is_done(self, session_key: str, message_id: str) -> bool:
         return await self.redis.get(self.keys.message(session_key, message_id)) == "done"
 
-    async def commit(self, lease: LockLease, claimed: Claimed, message_id: str, reply: OutboundMessage | None) -> bool:
-        """Publish the reply, mark the message done, drop it from flight; False if the lock is no longer ours."""
+    async def commit(self, lease: LockLease, claimed: Claimed, message_id: str, reply: OutboundMessage | None) -> int:
+        """Publish the reply, mark the message done, drop it from flight. Returns COMMIT_LOST (0) if the lock is no
+        longer ours, COMMITTED_IDLE when nothing else waits (the conversation left the busy set), else COMMITTED."""
         keys, args = self._finish_params(lease, claimed, message_id, reply)
-        return bool(await self._commit(keys=keys, args=args))
+        keys += [self.keys.mailbox(lease.session_key), self.keys.busy_sessions]
+        args.append(lease.session_key)
+        return int(await self._commit(keys=keys, args=args))
 
     async def dead_letter(
         self, lease: LockLease, claimed: Claimed, msg: InboundMessage, error: str, apology: OutboundMessage
