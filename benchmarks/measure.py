@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.ideal import perfect
 from benchmarks.load import Turn, User, drive_users, make_users
 from benchmarks.resources import TOTAL, MemoryWatch, cpu_seconds
 from benchmarks.roundtrips import RoundTripWatch
@@ -60,6 +61,10 @@ class Result:
     # the operator's view, from the gateway's and workers' /metrics (benchmarks/scrape.py)
     backlog: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    # the most LLM calls in flight at once, from the simulated LLM's records: turns running at the same time
+    peak_concurrent_turns: int = 0
+    # the best any deployment could do with these slots under this load (benchmarks/ideal.py)
+    perfect: dict[str, float] = field(default_factory=dict)
     # --round-trips: Redis requests waited on, and commands by name, per turn (benchmarks/roundtrips.py)
     redis_round_trips_per_turn: float | None = None
     redis_commands_per_turn: dict[str, float] = field(default_factory=dict)
@@ -74,9 +79,9 @@ class Result:
 
     @property
     def turns_per_gb(self) -> float | None:
-        """Peak turns in flight (the workers' metrics) per GiB of all project processes' RSS together."""
-        in_flight, total_mb = self.backlog.get("peak_in_flight"), self.peak_rss_mb.get(TOTAL)
-        return in_flight / (total_mb / 1024) if in_flight and total_mb else None
+        """Peak turns running at once (LLM calls in flight) per GiB of all project processes' RSS together."""
+        total_mb = self.peak_rss_mb.get(TOTAL)
+        return self.peak_concurrent_turns / (total_mb / 1024) if self.peak_concurrent_turns and total_mb else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -209,6 +214,7 @@ def summarize(
     whole = len(answered) / elapsed if elapsed else 0.0
     steady = steady_throughput(users) if layout.capacity(load.users) >= load.users else whole
     ideal = layout.capacity(load.users) / load.latency_s if load.latency_s > 0 else None
+    best = perfect(load.users, layout.capacity(load.users), load.turns, load.latency_s, load.jitter)
     return Result(
         layout=layout.name, bus=layout.bus, workers=layout.workers, pool=layout.pool,
         worker_flag=layout.worker_flag if layout.bus == "celery" else "", users=load.users, turns=load.turns,
@@ -228,4 +234,16 @@ def summarize(
         peak_rss_mb={role: round(mb, 1) for role, mb in peaks.items()},
         backlog=backlog.to_dict() if backlog is not None else {},
         latencies_ms=[round(t.latency_s * 1000, 2) for t in answered],
+        perfect=asdict(best) if best is not None else {},
+        peak_concurrent_turns=peak_overlap(records),
     )
+
+
+def peak_overlap(records: list[Any]) -> int:
+    """The most simulated-LLM calls in flight at one moment."""
+    edges = sorted([(r.received_at, 1) for r in records] + [(r.finished_at, -1) for r in records])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak

@@ -113,7 +113,9 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
     assert backlog["turns_counted"] == 15 and backlog["samples"] >= 2
     assert backlog["end_waiting"] == 0 and backlog["end_in_flight"] == 0 and backlog["dead_letters"] == 0
     assert {c["name"] for c in main["checks"]} >= {"metrics agree", "backlog drained", "no dead letters"}
-    assert [r["layout"] for r in report["overhead_probe"]] == ["local", "celery 1w prefork"]
+    assert main["perfect"]["throughput"] > 0 and main["driver_cpu_ms_per_turn"] > 0
+    assert main["peak_rss_mb"]["total"] >= main["peak_rss_mb"]["gateway"] + main["peak_rss_mb"]["worker"]
+    assert [r["layout"] for r in report["overhead_probe"]] == ["local", "celery 1w threads", "celery 1w prefork"]
     assert all(r["passed"] and r["turns_answered"] == 40 for r in report["overhead_probe"])
     assert list((tmp_path / "out").glob("*.png"))
 
@@ -140,3 +142,64 @@ def test_chaos_drill_smoke(tmp_path: Path) -> None:
                     timeout=280)
     kinds = [i["kind"] for i in report["incidents"]]
     assert "worker killed" in kinds and "gateway restarted" in kinds
+
+
+def test_perfect_system_reference() -> None:
+    """benchmarks/ideal.py: first come, first served with no overhead, counted as a real run is."""
+    from benchmarks.ideal import perfect
+
+    # Four users, two slots, one turn each, exactly 1 s: two answered after 1 s, two after 2 s.
+    queued = perfect(users=4, slots=2, turns=1, latency_s=1.0, jitter=0.0)
+    assert queued is not None and (queued.throughput, queued.p95_ms) == (2.0, 2000)
+    # A slot for every user: each user's own rate, 1 turn/s each.
+    free = perfect(users=3, slots=3, turns=2, latency_s=1.0, jitter=0.0)
+    assert free is not None and (free.throughput, free.p95_ms) == (3.0, 1000)
+    # Jitter leaves slots idle at the end and lengthens waits: below the naive ideal, above users/slots × latency.
+    jittered = perfect(users=50, slots=30, turns=4, latency_s=1.0, jitter=0.2)
+    assert jittered is not None and jittered.throughput < 30 and jittered.p95_ms > 50 / 30 * 1000
+    assert perfect(users=1, slots=1, turns=40, latency_s=0.0, jitter=0.0) is None
+
+
+def test_scale_scenario_smoke_run(tmp_path: Path) -> None:
+    """`--scale`, CI-sized: the threads pool under the whole load, prefork (the card's command) under one turn per
+    user, side by side, each with total RSS, turns in flight per GB and the perfect system's figures."""
+    done, reports = _demo(tmp_path, "--scale", "--users", "40", "--turns", "2", "--latency", "0.3", timeout=240)
+    assert done.returncode == 0, done.stdout
+    [report] = reports
+    by_layout = {r["layout"]: r for r in report["results"]}
+    assert set(by_layout) == {"celery 2w threads", "celery 3w prefork"}
+    threads, prefork = by_layout["celery 2w threads"], by_layout["celery 3w prefork"]
+    assert threads["worker_flag"] == "--pool=threads --concurrency=500" and threads["turns_answered"] == 80
+    assert prefork["worker_flag"] == "--autoscale=10,2" and prefork["turns_answered"] == 40
+    for result in (threads, prefork):
+        assert result["passed"] and result["turns_per_gb"] > 0 and result["perfect"]["throughput"] > 0
+    assert report["overhead_probe"] == []
+
+
+def test_round_trips_are_counted_per_client_and_pipeline() -> None:
+    """benchmarks/roundtrips.py: commands of one connection close together are one round trip; scripts' own calls
+    and other databases are not counted; the idle rate is taken out."""
+    from benchmarks.roundtrips import RoundTripWatch
+
+    watch = RoundTripWatch(REDIS_URL)
+    watch._db = 5
+    watch.idle.started, watch.idle.ended = 100.0, 102.0
+    watch.loaded.started, watch.loaded.ended = 102.0, 104.0
+
+    def seen(at: float, command: str, port: int = 1, db: int = 5, kind: str = "tcp") -> None:
+        watch._count({"time": at, "db": db, "client_address": "127.0.0.1", "client_port": port,
+                      "client_type": kind, "command": command})
+
+    seen(100.5, "BRPOP q 1")  # idle: one poll
+    watch._current = watch.loaded
+    seen(102.1, "BRPOP q 1")
+    seen(102.2, "MULTI")
+    seen(102.20005, "ZADD unacked_index 1 x")
+    seen(102.2001, "EXEC")  # one pipeline: one round trip
+    seen(102.20011, "SET k v", kind="lua")  # inside a script
+    seen(102.3, "EVALSHA abc 1 k", port=2)
+    seen(102.4, "GET k", db=6)  # another database
+    watch._client.close()
+    trips, commands, by_name = watch.per_turn(turns=1)
+    assert trips == 2.0  # BRPOP + pipeline + EVALSHA, less the idle window's one BRPOP
+    assert by_name == {"MULTI": 1, "ZADD": 1, "EXEC": 1, "EVALSHA": 1} and commands == 4

@@ -94,7 +94,7 @@ def test_defaults_match_the_documented_ones() -> None:
     )
     assert (c.gateway.port, c.gateway.heartbeat.enabled, c.gateway.heartbeat.interval_s) == (18790, True, 1800)
     assert (c.channels.api.host, c.channels.api.port, c.channels.api.timeout_s) == ("127.0.0.1", 8900, 120)
-    assert (c.bus.backend, c.bus.shards, c.bus.outbound, c.bus.lock.ttl_ms) == ("local", 16, "stream", 120000)
+    assert (c.bus.backend, c.bus.shards, c.bus.outbound, c.bus.lock.ttl_ms) == ("local", 1, "stream", 120000)
     assert c.sessions.backend == "file" and c.tools.exec.timeout == 60
 
 

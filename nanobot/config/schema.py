@@ -285,7 +285,9 @@ class WorkerConfig(Base):
 class BusConfig(Base):
     backend: Literal["local", "celery"] = "local"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    shards: int = Field(default=16, gt=0, le=1024)
+    # Turn queues. One (the default) serves waiting conversations first come, first served; several spread the
+    # doorbells over queues that workers read in turn (dedicated workers with -Q), at the cost of that order.
+    shards: int = Field(default=1, gt=0, le=1024)
     run_embedded_worker: bool = True
     outbound: Literal["stream", "pubsub"] = "stream"
     lock: LockConfig = Field(default_factory=LockConfig)
