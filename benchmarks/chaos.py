@@ -80,7 +80,7 @@ def _recovery(incidents: list[Incident], users: list[User], records: list[Record
 
 
 async def run_chaos(load: Load, args: argparse.Namespace, llm: SimulatedLLM, workdir: Path, console: Console) -> bool:
-    layout = Layout("celery", args.workers, "prefork", args.slots, min(args.min_slots, args.slots))
+    layout = Layout("celery", args.workers, args.pool, args.slots, min(args.min_slots, args.slots))
     llm.reset(load.latency_s, load.jitter)
     stack = Stack(layout, llm, workdir / "chaos", args.redis_url, lock_ttl_ms=LOCK_TTL_MS)
     rng = random.Random(7)

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter", type=float, default=0.2, help="latency jitter as a fraction (default 0.2)")
     parser.add_argument("--workers", type=int, default=3,
                         help="celery workers of the chaos and rollback drills (default 3)")
+    parser.add_argument("--pool", choices=("threads", "prefork"), default="threads",
+                        help="the workers' pool in the chaos and rollback drills (default threads)")
     parser.add_argument("--slots", type=int, default=10,
                         help="per worker: --autoscale maximum (prefork) or --concurrency (threads); default 10")
     parser.add_argument("--min-slots", type=int, default=2, help="per worker: --autoscale minimum (default 2)")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from benchmarks.stack import REPLY_TIMEOUT_S
+
 RETRYABLE_STATUS = {409, 502, 503, 504}  # 409: the same Idempotency-Key is still being answered
 
 
@@ -101,7 +103,7 @@ async def drive_users(
     """Every user sends their next `turns` turns, all users at once."""
     url = f"{base_url}/v1/chat/completions"
     connector = aiohttp.TCPConnector(limit=len(users), limit_per_host=len(users), keepalive_timeout=300)
-    timeout = aiohttp.ClientTimeout(total=300)
+    timeout = aiohttp.ClientTimeout(total=REPLY_TIMEOUT_S + 60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as client:
         await asyncio.gather(*(drive_user(client, url, u, turns, on_turn, retry_for_s) for u in users))
     return users

@@ -35,7 +35,7 @@ LIMIT_S = 300.0  # the seed's bound for a rollback
 async def run_rollback(
     load: Load, args: argparse.Namespace, llm: SimulatedLLM, workdir: Path, console: Console
 ) -> bool:
-    layout = Layout("celery", args.workers, "prefork", args.slots, min(args.min_slots, args.slots))
+    layout = Layout("celery", args.workers, args.pool, args.slots, min(args.min_slots, args.slots))
     llm.reset(load.latency_s, load.jitter)
     stack = Stack(layout, llm, workdir / "rollback", args.redis_url, sessions="redis")
     users = make_users(load.users, "rollback")

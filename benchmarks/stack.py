@@ -22,6 +22,10 @@ from nanobot.testing.llm_server import RecordedRequest, RemoteFakeLLM
 from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok, wait_until
 from nanobot_celery.worker import worker_argv
 
+# How long the API channel waits for a reply. Long: under --scale the card's prefork command queues a thousand
+# users behind 30 slots of 10 s turns, and the last of them is answered after about six minutes.
+REPLY_TIMEOUT_S = 1200
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -107,7 +111,7 @@ class Stack:
             "agents": {"defaults": {"workspace": str(workdir / "workspace"), "model": "simulated-model",
                                     "provider": "custom"}},
             "providers": {"custom": {"apiKey": "simulated", "apiBase": llm.base_url}},
-            "channels": {"api": {"enabled": True, "port": self.port, "timeoutS": 300}},
+            "channels": {"api": {"enabled": True, "port": self.port, "timeoutS": REPLY_TIMEOUT_S}},
             "gateway": {"heartbeat": {"enabled": False}, "port": self.gateway_port},
             "sessions": {"backend": sessions},
             "bus": bus,

@@ -143,7 +143,8 @@ def get_runtime() -> WorkerRuntime:
 
 # Imported by the first LLM call, not at import time: loaded once in the worker's main process instead of
 # again in every pool child that autoscale forks.
-_LAZY_IMPORTS = ("anyio._backends._asyncio", "httpcore2", "httpcore", "openai.types.chat", "redis.asyncio")
+_LAZY_IMPORTS = ("anyio._backends._asyncio", "httpcore2", "httpcore", "openai.types.chat", "redis.asyncio",
+                 "openai._vendor.httpx_aiohttp")
 
 
 def prepare_pool_parent() -> None:

@@ -137,9 +137,11 @@ def test_rollback_drill_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_chaos_drill_smoke(tmp_path: Path) -> None:
-    report = _drill(tmp_path, "--chaos", "--workers", "2", "--users", "6", "--turns", "14", "--latency", "0.5",
-                    timeout=280)
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_chaos_drill_smoke(tmp_path: Path, pool: str) -> None:
+    report = _drill(tmp_path, "--chaos", "--pool", pool, "--workers", "2", "--users", "6", "--turns", "14",
+                    "--latency", "0.5", timeout=280)
+    assert report["layout"].endswith(pool), report["layout"]
     kinds = [i["kind"] for i in report["incidents"]]
     assert "worker killed" in kinds and "gateway restarted" in kinds
 

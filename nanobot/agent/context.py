@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ class ContextBuilder:
         return MemoryStore(self.workspace)
 
     def build_system_prompt(self, session_key: str = "") -> str:
-        parts = [self._identity()]
+        parts = [self._identity]
         for name in BOOTSTRAP_FILES:
             path = self.workspace / name
             if path.is_file():
@@ -38,7 +39,9 @@ class ContextBuilder:
                 parts.append(block)
         return "\n\n---\n\n".join(parts)
 
+    @functools.cached_property
     def _identity(self) -> str:
+        """The same for every turn (it resolves the workspace path): built once."""
         return (
             "# nanobot\n"
             "You are nanobot, a helpful personal AI assistant. You can read, write and edit files, run "
