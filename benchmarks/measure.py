@@ -18,6 +18,7 @@ from benchmarks.roundtrips import RoundTripWatch
 from benchmarks.scrape import Backlog, BacklogWatch
 from benchmarks.stack import Layout, SimulatedLLM, Stack, redis_cpu_seconds
 from benchmarks.verdict import Check, calls_by_turn, judge
+from nanobot.testing.llm_server import peak_concurrency
 
 _LOCK_WAIT = re.compile(r"lock_wait_ms=([0-9.]+)")
 
@@ -235,15 +236,5 @@ def summarize(
         backlog=backlog.to_dict() if backlog is not None else {},
         latencies_ms=[round(t.latency_s * 1000, 2) for t in answered],
         perfect=asdict(best) if best is not None else {},
-        peak_concurrent_turns=peak_overlap(records),
+        peak_concurrent_turns=peak_concurrency(records),
     )
-
-
-def peak_overlap(records: list[Any]) -> int:
-    """The most simulated-LLM calls in flight at one moment."""
-    edges = sorted([(r.received_at, 1) for r in records] + [(r.finished_at, -1) for r in records])
-    running = peak = 0
-    for _, step in edges:
-        running += step
-        peak = max(peak, running)
-    return peak

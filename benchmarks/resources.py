@@ -60,26 +60,25 @@ def cpu_seconds(pid: int) -> float:
     return total / _TICKS
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's own peak resident set size (VmHWM), in MiB; 0 when it is gone."""
+def _status_mb(pid: int, field: str) -> float:
+    """A kB field of /proc/PID/status, in MiB; 0 when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's own peak resident set size (VmHWM), in MiB."""
+    return _status_mb(pid, "VmHWM:")
 
 
 def rss_mb(pid: int) -> float:
-    """The process's resident set size now (VmRSS), in MiB; 0 when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    """The process's resident set size now (VmRSS), in MiB."""
+    return _status_mb(pid, "VmRSS:")
 
 
 TOTAL = "total"

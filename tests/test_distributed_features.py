@@ -10,13 +10,18 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from nanobot.config.loader import cron_store_path
 from nanobot.cron.service import CronService
 from nanobot.cron.types import CronSchedule
 from nanobot.testing.llm_server import FakeLLM, Rule
 from nanobot.testing.processes import Process, nanobot, wait_until
 from tests.cluster import Cluster, wait_for
-from tests.pools import cluster_factory_each_pool  # noqa: F401  (every test here runs under both pools)
+from tests.pools import POOLS
+
+# The tests whose turns run differently under the two pools (a /stop reaching the running turn, a subagent task, the
+# provider's retries) run under both; cron, the CLI and the worker commands do not depend on the pool.
 
 
 def content(response: Any) -> str:
@@ -25,7 +30,7 @@ def content(response: Any) -> str:
 
 
 def test_embedded_worker_serves_alone(cluster_factory: Any, fake_llm: FakeLLM) -> None:
-    cluster: Cluster = cluster_factory(runEmbeddedWorker=True)
+    cluster: Cluster = cluster_factory(runEmbeddedWorker=True, pool="threads")  # the default pool
     gateway = cluster.start_gateway()
     assert content(cluster.chat("hi embedded", "e")) == "echo: hi embedded"
     assert "starting the embedded worker" in gateway.log()
@@ -38,18 +43,19 @@ def test_embedded_worker_serves_alone(cluster_factory: Any, fake_llm: FakeLLM) -
 
 
 def test_nanobot_worker_command_serves_turns(cluster_factory: Any) -> None:
-    cluster: Cluster = cluster_factory()
+    cluster: Cluster = cluster_factory(pool="threads")  # the default pool
     worker = Process(nanobot("worker", "--concurrency", "2"), cluster.tmp_path / "nanobot-worker.log", env=cluster.env)
     cluster.workers.append(worker)
     wait_until(lambda: " ready." in worker.log(), 60, "nanobot worker ready", worker)
-    assert "--without-gossip" in worker.log()
+    assert "--without-gossip" in worker.log() and "--pool=threads" in worker.log()
     cluster.start_gateway()
     assert content(cluster.chat("via nanobot worker", "nw")) == "echo: via nanobot worker"
 
 
-def test_stop_cancels_the_turn_on_the_worker(cluster_factory: Any, fake_llm: FakeLLM) -> None:
+@pytest.mark.parametrize("pool", POOLS)
+def test_stop_cancels_the_turn_on_the_worker(cluster_factory: Any, fake_llm: FakeLLM, pool: str) -> None:
     fake_llm.add_rule(Rule(match="slow thing", content="too late", delay_s=6.0, times=1))
-    cluster: Cluster = cluster_factory()
+    cluster: Cluster = cluster_factory(pool=pool)
     cluster.start_worker(autoscale="3,2")
     cluster.start_gateway()
     results: dict[str, Any] = {}
@@ -65,11 +71,12 @@ def test_stop_cancels_the_turn_on_the_worker(cluster_factory: Any, fake_llm: Fak
     assert content(cluster.chat("/stop", "st")) == "Nothing is running in this conversation."
 
 
-def test_spawned_subagent_runs_as_a_task_and_reports_back(cluster_factory: Any, fake_llm: FakeLLM) -> None:
+@pytest.mark.parametrize("pool", POOLS)
+def test_spawned_subagent_runs_as_a_task_and_reports_back(cluster_factory: Any, fake_llm: FakeLLM, pool: str) -> None:
     fake_llm.add_rule(Rule(match="investigate", tool_calls=[{"name": "spawn", "arguments": {"task": "count sheep"}}]))
     fake_llm.add_rule(Rule(match="investigate", when_last_role="tool", content="On it."))
     fake_llm.add_rule(Rule(match="count sheep", content="42 sheep"))
-    cluster: Cluster = cluster_factory()
+    cluster: Cluster = cluster_factory(pool=pool)
     cluster.start_worker(autoscale="3,2")
     cluster.start_gateway()
     assert content(cluster.chat("investigate please", "sub")) == "On it."
@@ -125,9 +132,12 @@ def test_two_gateways_fire_each_cron_job_once(cluster_factory: Any, fake_llm: Fa
         second.stop()
 
 
-def test_worker_that_cannot_reach_the_llm_retries_then_apologises(cluster_factory: Any, fake_llm: FakeLLM) -> None:
+@pytest.mark.parametrize("pool", POOLS)
+def test_worker_that_cannot_reach_the_llm_retries_then_apologises(
+    cluster_factory: Any, fake_llm: FakeLLM, pool: str
+) -> None:
     fake_llm.add_rule(Rule(match="are you there", status=503, times=None))
-    cluster: Cluster = cluster_factory()
+    cluster: Cluster = cluster_factory(pool=pool)
     cluster.start_worker(autoscale="2,1")
     cluster.start_gateway()
     reply = content(cluster.chat("are you there?", "down"))

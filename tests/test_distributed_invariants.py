@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from nanobot.bus.events import InboundMessage
-from nanobot.testing.llm_server import FakeLLM, RecordedRequest, Rule
+from nanobot.testing.llm_server import FakeLLM, RecordedRequest, Rule, peak_concurrency
 from nanobot_celery.bus import CeleryMessageBus, ring
 from tests.cluster import Cluster, wait_for
 from tests.pools import cluster_factory_each_pool  # noqa: F401  (every test here runs under both pools)
@@ -38,15 +38,6 @@ def by_text(requests: list[RecordedRequest], prefix: str) -> list[RecordedReques
 
 def final_replies(cluster: Cluster) -> list[dict[str, Any]]:
     return [m for m in cluster.outbound() if not m["metadata"].get("_progress")]
-
-
-def peak_concurrency(requests: list[RecordedRequest]) -> int:
-    events = sorted([(r.received_at, 1) for r in requests] + [(r.finished_at, -1) for r in requests])
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    return peak
 
 
 def test_one_at_a_time_in_order_no_mixing_across_children_and_workers(cluster_factory: Any, fake_llm: FakeLLM) -> None:

@@ -15,7 +15,7 @@ import pytest
 from nanobot.testing.llm_server import FakeLLM, Rule
 from nanobot.testing.processes import Process, nanobot, wait_http_ok
 from tests.cluster import Cluster, wait_for
-from tests.pools import cluster_factory_each_pool  # noqa: F401  (every test here runs under both pools)
+from tests.pools import POOLS
 
 
 def _send_all(cluster: Cluster, n: int) -> list[dict[str, Any]]:
@@ -35,13 +35,14 @@ def _send_all(cluster: Cluster, n: int) -> list[dict[str, Any]]:
     return results
 
 
-@pytest.mark.parametrize("mode", ["stream", "pubsub"])
-def test_gateway_restart_while_turns_run(cluster_factory: Any, fake_llm: FakeLLM, mode: str) -> None:
+# Plain pub/sub loses replies whatever the pool: that variant runs once.
+@pytest.mark.parametrize(("mode", "pool"), [("stream", "prefork"), ("stream", "threads"), ("pubsub", "prefork")])
+def test_gateway_restart_while_turns_run(cluster_factory: Any, fake_llm: FakeLLM, mode: str, pool: str) -> None:
     """Invariant 3 across a gateway restart: the stream keeps every reply published while the gateway
     was down (clients retry with the same Idempotency-Key and get it, with no second turn); plain pub/sub
     loses them."""
     fake_llm.add_rule(Rule(match="restart-", delay_s=2.0, times=None))
-    cluster: Cluster = cluster_factory(outbound=mode, api_timeout_s=8)
+    cluster: Cluster = cluster_factory(outbound=mode, api_timeout_s=8, pool=pool)
     cluster.start_worker(autoscale="4,4")
     gateway = cluster.start_gateway()
     first = _send_all(cluster, 4)
@@ -64,8 +65,9 @@ def test_gateway_restart_while_turns_run(cluster_factory: Any, fake_llm: FakeLLM
         assert all(r.status_code == 504 for r in retries), [r.status_code for r in retries]
 
 
-def test_rollback_from_celery_with_redis_sessions_to_local(cluster_factory: Any, fake_llm: FakeLLM) -> None:
-    cluster: Cluster = cluster_factory(sessions="redis")
+@pytest.mark.parametrize("pool", POOLS)
+def test_rollback_from_celery_with_redis_sessions_to_local(cluster_factory: Any, fake_llm: FakeLLM, pool: str) -> None:
+    cluster: Cluster = cluster_factory(pool=pool, sessions="redis")
     cluster.start_worker(autoscale="2,1")
     cluster.start_gateway()
     for text in ("remember the number 7", "and the colour blue"):
@@ -117,10 +119,11 @@ def _normalise(history: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [(m["role"], m.get("content") if m["role"] != "tool" else "(tool output)", calls(m)) for m in history]
 
 
-def test_local_and_celery_modes_give_the_same_answers(cluster_factory: Any, fake_llm: FakeLLM) -> None:
+@pytest.mark.parametrize("pool", POOLS)
+def test_local_and_celery_modes_give_the_same_answers(cluster_factory: Any, fake_llm: FakeLLM, pool: str) -> None:
     """Invariant 7: the same conversation gives the same replies and histories in both modes."""
     _tool_rules(fake_llm)
-    cluster: Cluster = cluster_factory()
+    cluster: Cluster = cluster_factory(pool=pool)
     cluster.start_worker(autoscale="2,1")
     cluster.start_gateway()
     celery_replies = [cluster.chat(text, who).json()["choices"][0]["message"]["content"] for who, text in SCRIPT]

@@ -92,3 +92,19 @@ def test_timeout_is_retried_then_apology(fake_llm: FakeLLM) -> None:
 
     content = asyncio.run(call())
     assert content and "timed out" in content
+
+
+def test_dropped_connection_is_a_connection_failure_not_a_timeout(fake_llm: FakeLLM) -> None:
+    """The SDK's aiohttp transport maps a server that hangs up to a connect timeout; nanobot still calls it what it
+    is, in the apology and in the metrics (`outcome="connection"`, see test_core_metrics)."""
+    fake_llm.add_rule(Rule(match="hang up", disconnect=True, times=None))
+    provider = make_provider(fake_llm, max_retries=1)
+
+    async def call() -> str | None:
+        try:
+            return (await provider.chat([{"role": "user", "content": "hang up"}])).content
+        finally:
+            await provider.close()
+
+    content = asyncio.run(call())
+    assert content and "connection failed" in content and "timed out" not in content

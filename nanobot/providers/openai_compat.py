@@ -12,6 +12,7 @@ import ssl
 import time
 from typing import Any
 
+import aiohttp
 import httpx
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
@@ -26,12 +27,22 @@ APOLOGY = "Sorry, I could not reach the language model just now ({reason}). Plea
 MAX_RETRY_DELAY_S = 60.0  # no single wait before a retry is longer, Retry-After included
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """A real timeout. The SDK's aiohttp transport reports every dropped connection (server disconnected, reset)
+    as a connect timeout: the aiohttp error under it tells them apart."""
+    if not isinstance(exc, openai.APITimeoutError):
+        return False
+    transport_error = getattr(exc.__cause__, "__cause__", None)
+    dropped = isinstance(transport_error, aiohttp.ClientConnectionError)
+    return not dropped or isinstance(transport_error, TimeoutError)
+
+
 def outcome_of(exc: BaseException | None) -> str:
     """The `outcome` label of one request to the provider: ok, http_429, http_4xx, http_5xx, timeout,
     connection or error (anything else, e.g. a reply that does not parse)."""
     if exc is None:
         return "ok"
-    if isinstance(exc, openai.APITimeoutError):
+    if _timed_out(exc):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return "connection"
@@ -64,7 +75,7 @@ def _retryable(exc: Exception) -> bool:
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, openai.APITimeoutError):
+    if _timed_out(exc):
         return "timed out"
     if isinstance(exc, openai.APIConnectionError):
         return "connection failed"

@@ -60,6 +60,7 @@ __all__ = [
     "RemoteFakeLLM",
     "Rule",
     "main",
+    "peak_concurrency",
 ]
 
 log = logging.getLogger("nanobot.testing.llm_server")  # fixed name, also under `python -m`
@@ -82,6 +83,16 @@ _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
 
 # --------------------------------------------------------------------------------------------------
 # Message helpers
+
+
+def peak_concurrency(requests: Iterable[RecordedRequest]) -> int:
+    """The most requests that were being answered at one moment."""
+    edges = sorted(edge for r in requests for edge in ((r.received_at, 1), (r.finished_at, -1)))
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
 
 
 def content_text(content: Any) -> str:
