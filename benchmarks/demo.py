@@ -2,12 +2,15 @@
 
 Starts everything on loopback: Redis (if none answers, scripts/demo starts one), a SIMULATED
 OpenAI-compatible LLM (no real model: it echoes, after a configurable latency), the gateway with its
-API channel, and Celery workers (`celery -A nanobot_celery worker --autoscale=...`). U simulated users
-then hold T-turn conversations at once, and the report shows, for each layout (local mode; celery
-mode with 1, 3 and 5 workers; the threads pool), whether every guarantee held (judged from what the
-simulated LLM received and what each user got back), throughput against the ideal, latency, lock
-wait, CPU per turn and peak memory. `--chaos` kills workers and restarts the gateway during the
-load; `--rollback` moves a celery deployment back to local mode. Exit status 1 when a check fails.
+API channel, and Celery workers (`celery -A nanobot_celery worker ...`). U simulated users then hold
+T-turn conversations at once, and the report shows, for each layout (local mode; the card's prefork
+command `--autoscale=10,2` on 1, 3 and 5 workers; the threads pool, many turns on one event loop per
+process), whether every guarantee held (judged from what the simulated LLM received and what each user
+got back), throughput against the ideal and against a perfect system (benchmarks/ideal.py), latency,
+lock wait, CPU per turn, memory and turns at once per GB. `--scale` runs a thousand conversations,
+`--round-trips` counts Redis round trips per turn, `--chaos` kills workers and restarts the gateway
+during the load, `--rollback` moves a celery deployment back to local mode. Exit status 1 when a check
+fails.
 """
 
 from __future__ import annotations
