@@ -34,11 +34,22 @@ redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
 return 1
 """
+# The one rule for leaving the busy set (what the sweeper walks): a conversation whose mailbox and in-flight list are
+# both empty. Shared by claim, commit and forget-if-idle; returns true when it was forgotten.
+_FORGET_IF_IDLE_FN = """
+local function forget_if_idle(mailbox, inflight, busy, session_key)
+  if redis.call('LLEN', mailbox) == 0 and redis.call('LLEN', inflight) == 0 then
+    redis.call('SREM', busy, session_key)
+    return true
+  end
+  return false
+end
+"""
 # KEYS: lock, inflight, mailbox, deliveries, busy set. ARGV: token, deliveries ttl s, session key.
 # Returns {item, recovered, deliveries, last error}, or {} when both lists are empty: the conversation then
 # leaves the busy set in the same step (no separate forget-if-idle round trip). Each claim of a message counts
 # one delivery (field = its message id); the error its previous attempt recorded is handed over once and forgotten.
-_CLAIM = """
+_CLAIM = _FORGET_IF_IDLE_FN + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('NANOBOT_LOCK_LOST') end
 local recovered = 1
 local item = redis.call('LINDEX', KEYS[2], 0)
@@ -47,7 +58,7 @@ if not item then
   item = redis.call('LMOVE', KEYS[3], KEYS[2], 'LEFT', 'RIGHT')
 end
 if not item then
-  redis.call('SREM', KEYS[5], ARGV[3])
+  forget_if_idle(KEYS[3], KEYS[2], KEYS[5], ARGV[3])
   return {}
 end
 local count, err = 0, ''
@@ -78,13 +89,10 @@ redis.call('HDEL', KEYS[5], ARGV[7], 'error:' .. ARGV[7])
 """
 # Commit also tells whether the conversation is now idle (KEYS[6] mailbox and the in-flight list empty): it then
 # leaves KEYS[7], the busy set (ARGV[8]: session key), and the drain needs no further claim to learn it.
-_COMMIT = """
+_COMMIT = _FORGET_IF_IDLE_FN + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 """ + _FINISH + """
-if redis.call('LLEN', KEYS[2]) == 0 and redis.call('LLEN', KEYS[6]) == 0 then
-  redis.call('SREM', KEYS[7], ARGV[8])
-  return 2
-end
+if forget_if_idle(KEYS[6], KEYS[2], KEYS[7], ARGV[8]) then return 2 end
 return 1
 """
 COMMIT_LOST, COMMITTED, COMMITTED_IDLE = 0, 1, 2
@@ -100,11 +108,8 @@ local id = redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*',
 return id
 """
 # KEYS: mailbox, inflight, busy set. ARGV: session key. Forget an idle conversation.
-_FORGET_IF_IDLE = """
-if redis.call('LLEN', KEYS[1]) == 0 and redis.call('LLEN', KEYS[2]) == 0 then
-  return redis.call('SREM', KEYS[3], ARGV[1])
-end
-return 0
+_FORGET_IF_IDLE = _FORGET_IF_IDLE_FN + """
+return forget_if_idle(KEYS[1], KEYS[2], KEYS[3], ARGV[1]) and 1 or 0
 """
 
 OUTBOUND_MAXLEN = 100_000
