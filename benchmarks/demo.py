@@ -97,8 +97,12 @@ SCALE_USERS = 1000
 
 
 def plan(args: argparse.Namespace, load: Load, scale: bool) -> list[Group]:
-    """What to measure: the layouts under the load, then the overhead probe (local and one threads worker).
-    With --scale, a prefork layout gets one turn per user: its few slots would take an hour over more."""
+    """What to measure: the layouts under the load, then the overhead probe (local, one threads worker, one prefork
+    worker). With --scale, a prefork layout gets one turn per user: its few slots would take an hour over more.
+    --round-trips measures only its own two layouts."""
+    if args.round_trips:
+        return [Group("Redis round trips per turn (MONITOR: other figures of this run are not comparable)",
+                      [Layout("celery", 1, "prefork", 1, 1), Layout("celery", 1, "threads", 1, 1)], TRIPS)]
     # Layouts are comma-separated, and so are a prefork layout's slots (celery:3:prefork:10,2): a layout starts
     # with a letter.
     specs = list(dict.fromkeys(re.split(r",(?=[a-z])", args.layouts or (SCALE_LAYOUTS if scale else DEFAULT_LAYOUTS))))
@@ -111,9 +115,6 @@ def plan(args: argparse.Namespace, load: Load, scale: bool) -> list[Group]:
                         load),
                   Group(f"a thousand conversations, prefork: {load_title(slim)}",
                         [x for x in layouts if x.pool == "prefork"], slim)]
-    if args.round_trips:
-        return [Group("Redis round trips per turn (MONITOR: other figures of this run are not comparable)",
-                      [Layout("celery", 1, "prefork", 1, 1), Layout("celery", 1, "threads", 1, 1)], TRIPS)]
     if not (args.no_probe or scale):
         groups.append(Group("overhead probe: 1 user, zero-latency SIMULATED LLM",
                             [Layout(), Layout("celery", 1, "threads", 1, 1), Layout("celery", 1, "prefork", 1, 1)],
