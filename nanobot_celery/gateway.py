@@ -24,11 +24,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nanobot.admission.gate import Admission
 from nanobot.bus.events import InboundMessage
 from nanobot.config.schema import Config
-from nanobot.cron.types import CronJob
+from nanobot.cron.types import CRON_OWNER_KEY, CronJob
 from nanobot.metrics.instruments import SCHEDULE_FIRES
 from nanobot_celery import metrics
+from nanobot_celery.admission import admission_for
 from nanobot_celery.backlog import BacklogGauges, scan_conversations
 from nanobot_celery.bus import CeleryMessageBus, ring
 from nanobot_celery.worker import worker_argv
@@ -58,7 +60,7 @@ def cron_inbound(job: CronJob) -> InboundMessage:
         chat_id=p.to if deliver else "direct",
         content=p.message,
         session_key_override=f"cron:{job.id}",
-        metadata={"cron_job": job.id},
+        metadata={"cron_job": job.id, **({CRON_OWNER_KEY: job.owner} if job.owner else {})},
     )
 
 
@@ -230,6 +232,10 @@ class DistributedGateway:
     async def refresh_metrics(self) -> None:
         """Before /metrics renders: the backlog gauges (cached about a second; Redis failures keep the last)."""
         await self.backlog.refresh()
+
+    def admission(self) -> Admission:
+        """The fair limits per sender, counted in Redis with every other gateway and worker."""
+        return admission_for(self.config, self.bus)
 
     async def not_ready(self) -> list[str]:
         """What /ready reports for distributed mode: Redis must answer a PING within a second."""

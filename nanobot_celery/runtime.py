@@ -32,6 +32,7 @@ from nanobot.providers.factory import create_provider
 from nanobot.providers.openai_compat import tls_context, warm_response_models
 from nanobot.session.factory import shared_turn_options
 from nanobot.session.locks import RedisConversationLockManager
+from nanobot_celery.admission import admission_for
 from nanobot_celery.bus import CeleryMessageBus
 from nanobot_celery.cancels import CancelListener
 from nanobot_celery.spawner import CelerySpawner
@@ -114,6 +115,7 @@ def build_runtime(config: Config | None = None, *, own_thread: bool = False) -> 
         create_provider(config),
         spawner=CelerySpawner(config),
         cron_service=CronService(cron_store_path()),
+        admission=admission_for(config, bus),
         **shared,
     )
     thread = None

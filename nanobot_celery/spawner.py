@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from dataclasses import asdict
 
 from nanobot.agent.subagent import SubagentTask
@@ -20,10 +19,13 @@ class CelerySpawner:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    async def spawn(self, task: str, label: str | None, channel: str, chat_id: str, session_key: str) -> str:
+    async def spawn(
+        self, task: str, label: str | None, channel: str, chat_id: str, session_key: str,
+        workspace_key: str | None = None,
+    ) -> str:
         from nanobot_celery.app import app
 
-        job = SubagentTask(uuid.uuid4().hex[:8], task, label or task[:30], channel, chat_id, session_key)
+        job = SubagentTask.new(task, label, channel, chat_id, session_key, workspace_key)
         queue = subagent_queue(self.config.bus.key_prefix)
         await asyncio.to_thread(app.send_task, RUN_SUBAGENT, args=[asdict(job)], queue=queue)
         log.info("subagent=%s session=%s queued", job.id, session_key)

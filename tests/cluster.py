@@ -28,6 +28,8 @@ REDIS_HOST = os.environ.get("NANOBOT_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("NANOBOT_TEST_REDIS_PORT", "6379"))
 REDIS_DB = int(os.environ.get("NANOBOT_TEST_REDIS_DB", "13"))
 API_KEY = "cluster-key"
+# For tests whose people send bursts of messages (ordering, polling): the fair limits (tests/test_limits.py) off.
+NO_LIMITS = {"limits": {"messagesPerMinute": 0, "maxQueuedPerConversation": 0}}
 
 
 class Cluster:

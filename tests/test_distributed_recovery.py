@@ -132,6 +132,7 @@ def test_local_and_celery_modes_give_the_same_answers(cluster_factory: Any, fake
 
     config = json.loads(cluster.config_path.read_text())
     config["bus"]["backend"] = "local"
+    config.setdefault("tools", {})["isolation"] = "conversation"  # kept apart as in distributed mode (README)
     config["agents"]["defaults"]["workspace"] = str(cluster.tmp_path / "workspace-local")
     cluster.config_path.write_text(json.dumps(config))
     local = Process(nanobot("gateway"), cluster.tmp_path / "local-gateway.log", env=cluster.env)

@@ -449,7 +449,7 @@ def message_tool(workspace: Path) -> tuple[MessageTool, list[OutboundMessage]]:
     async def send(message: OutboundMessage) -> None:
         sent.append(message)
 
-    return MessageTool(send, workspace), sent
+    return MessageTool(send, workspace, allow_other_chats=True), sent
 
 
 def send(tool: MessageTool, *media: str) -> str:

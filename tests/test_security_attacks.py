@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from nanobot.agent.workspace import conversation_folder
 from nanobot.session.manager import session_filename
 from nanobot.testing.llm_server import FakeLLM, Rule
 from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok
@@ -132,10 +133,13 @@ def session_of(prompt: str) -> str:
     return "attacker-" + "-".join(prompt.replace("'", "").split())
 
 
-def attack(cluster: Cluster, llm: FakeLLM, prompt: str, tool: str, arguments: dict[str, Any]) -> str:
-    """The user asks; the (simulated) LLM calls `tool` as asked; returns the tool's output the LLM read."""
+def attack(
+    cluster: Cluster, llm: FakeLLM, prompt: str, tool: str, arguments: dict[str, Any], session: str | None = None
+) -> str:
+    """The user asks (in a conversation of its own, or `session`'s); the (simulated) LLM calls `tool` as asked;
+    returns the tool's output the LLM read."""
     llm.add_rule(Rule(match=prompt, tool_calls=[{"name": tool, "arguments": arguments}]))
-    response = cluster.chat(prompt, session_of(prompt))
+    response = cluster.chat(prompt, session or session_of(prompt))
     assert response.status_code == 200, response.text
     outputs = tool_outputs(llm, prompt)
     assert outputs, f"the tool never ran for {prompt!r}"
@@ -200,8 +204,9 @@ def test_hostile_user_reaches_no_secret_through_a_sandboxed_worker(
         "read the config by name": ("read_file", {"path": str(config_file)}),
         "python reads passwd": ("exec", {"command": "python3 -c \"open('/etc/passwd')\""}),
     }
+    planter = session_of("plant a link")  # the links are read in the conversation that planted them
     for prompt, (tool, arguments) in file_attacks.items():
-        outputs[prompt] = attack(cluster, fake_llm, prompt, tool, arguments)
+        outputs[prompt] = attack(cluster, fake_llm, prompt, tool, arguments, session=planter)
     secret_url = f"{internal_service.url}/secret"
     port = internal_service.port
     web_attacks = {
@@ -224,7 +229,8 @@ def test_hostile_user_reaches_no_secret_through_a_sandboxed_worker(
     assert "CONNECTED" not in outputs["reach redis"]
     assert cluster.history("api:" + session_of("show me env")), "the first attack's history exists"
     assert "show me env" not in outputs["the other histories"]
-    assert "planted" in outputs["plant a link"] and (workspace / "innocent.txt").is_symlink()
+    assert "planted" in outputs["plant a link"]
+    assert (conversation_folder(workspace, f"api:{planter}") / "innocent.txt").is_symlink()
     for prompt in ("read the planted link", "list the planted histories", "read a history", "read the config by name"):
         assert outputs[prompt].startswith("Error"), (prompt, outputs[prompt])
     assert outputs["python reads passwd"].startswith("Error"), outputs["python reads passwd"]

@@ -19,6 +19,7 @@ import pytest
 from nanobot.testing.llm_server import FakeLLM, Rule
 from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok, wait_until
 from nanobot.testing.telegram_server import FakeTelegram
+from tests.cluster import NO_LIMITS
 from tests.conftest import write_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -91,7 +92,8 @@ def test_local_gateway_serves_telegram(tmp_path: Path, fake_llm: FakeLLM, telegr
 def test_celery_gateway_and_two_workers_serve_telegram(
     cluster_factory: Any, fake_llm: FakeLLM, telegram: FakeTelegram
 ) -> None:
-    cluster = cluster_factory(channels=telegram_config(telegram), worker={"pool": "prefork", "autoscale": "10,2"})
+    cluster = cluster_factory(channels=telegram_config(telegram), worker={"pool": "prefork", "autoscale": "10,2"},
+                              sections=NO_LIMITS)
     for _ in range(2):
         worker = cluster.start_worker()
         assert "--autoscale=10,2" in worker.args
@@ -101,7 +103,7 @@ def test_celery_gateway_and_two_workers_serve_telegram(
 
 
 def test_two_gateways_poll_one_token_in_turn(cluster_factory: Any, fake_llm: FakeLLM, telegram: FakeTelegram) -> None:
-    cluster = cluster_factory(channels=telegram_config(telegram))
+    cluster = cluster_factory(channels=telegram_config(telegram), sections=NO_LIMITS)
     cluster.start_worker()
     first = cluster.start_gateway("--no-embedded-worker")
     second, _ = cluster.start_another_gateway("gw2", "--no-embedded-worker")

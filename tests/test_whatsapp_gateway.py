@@ -14,6 +14,7 @@ import pytest
 from nanobot.testing.llm_server import FakeLLM
 from nanobot.testing.processes import Process, free_port, nanobot, wait_http_ok, wait_until
 from nanobot.testing.whatsapp_server import FakeGraphAPI
+from tests.cluster import NO_LIMITS
 from tests.conftest import write_config
 
 VERIFY_TOKEN = "verify-me"
@@ -81,7 +82,8 @@ def test_local_gateway_serves_whatsapp_cloud(tmp_path: Path, fake_llm: FakeLLM, 
 def test_celery_gateway_and_two_workers_serve_whatsapp_cloud(
     cluster_factory: Any, fake_llm: FakeLLM, graph: FakeGraphAPI
 ) -> None:
-    cluster = cluster_factory(channels=whatsapp_config(graph), worker={"pool": "prefork", "autoscale": "10,2"})
+    cluster = cluster_factory(channels=whatsapp_config(graph), worker={"pool": "prefork", "autoscale": "10,2"},
+                              sections=NO_LIMITS)
     port = free_port()
     cluster.env["NANOBOT_GATEWAY__PORT"] = str(port)
     for _ in range(2):

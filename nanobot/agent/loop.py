@@ -24,12 +24,13 @@ from nanobot.agent.subagent import SubagentManager
 from nanobot.agent.tools.message import MessageTool
 from nanobot.agent.tools.registry import ToolRegistry
 from nanobot.agent.tools.spawn import Spawner, SpawnTool
-from nanobot.agent.toolset import agent_tools_config, workspace_tools
+from nanobot.agent.toolset import agent_tools_config, is_isolated, workspace_tools
 from nanobot.agent.turn import TurnContext, current_turn
 from nanobot.agent.workspace import init_workspace
 from nanobot.bus.events import InboundMessage, OutboundMessage
 from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import Config, ToolsConfig
+from nanobot.cron.types import CRON_OWNER_KEY
 from nanobot.logs import log_context
 from nanobot.metrics.instruments import LOCK_WAIT, QUEUE_WAIT, TURN_DURATION, TURNS_RUNNING, count_turn
 from nanobot.providers.base import LLMProvider
@@ -38,6 +39,7 @@ from nanobot.session.locks import ConversationLockManager, LocalConversationLock
 from nanobot.session.manager import Session, SessionManager
 
 if TYPE_CHECKING:
+    from nanobot.admission.gate import Admission
     from nanobot.cron.service import CronService
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class AgentLoop:
         locks: ConversationLockManager | None = None,
         spawner: Spawner | None = None,
         reload_history: bool = False,
+        admission: Admission | None = None,
     ) -> None:
         self.bus = bus
         self.provider = provider
@@ -116,11 +119,13 @@ class AgentLoop:
         self.max_tokens = max_tokens
         self.memory_window = memory_window
         self.tools_config = tools_config or ToolsConfig()
-        self.context = ContextBuilder(self.workspace, memory_scope)
+        self.context = ContextBuilder(self.workspace, memory_scope, isolated=is_isolated(self.tools_config))
         self.sessions: SessionStore = sessions or SessionManager(self.workspace)
         self.locks = locks or LocalConversationLockManager()
         # With several processes sharing history, re-read it under the lock on every turn.
         self.reload_history = reload_history
+        # Counts each sender's LLM tokens against `limits.llmTokensPerDay` (None: nothing counted).
+        self.admission = admission
         self.subagents = SubagentManager(provider, self.workspace, bus, self.tools_config, self.model)
         self.tools = self._build_tools(spawner or self.subagents, cron_service)
         self._running = False
@@ -146,12 +151,15 @@ class AgentLoop:
 
     def _build_tools(self, spawner: Spawner, cron_service: CronService | None) -> ToolRegistry:
         tools = workspace_tools(self.workspace, self.tools_config)
-        tools.register(MessageTool(self.bus.publish_outbound, self.workspace))
+        tools.register(MessageTool(
+            self.bus.publish_outbound, self.workspace,
+            allow_other_chats=self.tools_config.message.allow_other_chats, isolated=is_isolated(self.tools_config),
+        ))
         tools.register(SpawnTool(spawner))
         if cron_service is not None:
             from nanobot.agent.tools.cron import CronTool
 
-            tools.register(CronTool(cron_service))
+            tools.register(CronTool(cron_service, isolated=is_isolated(self.tools_config)))
         return tools
 
     # ------------------------------------------------------------------ the bus loop
@@ -176,6 +184,10 @@ class AgentLoop:
 
     def stop(self) -> None:
         self._running = False
+
+    async def waiting(self, session_key: str) -> int:
+        """How many of a conversation's messages wait behind its running turn (`limits.maxQueuedPerConversation`)."""
+        return max(0, len(self._active.get(session_key, ())) - 1)
 
     def _track(self, session_key: str, task: asyncio.Task[Any]) -> None:
         tasks = self._active.setdefault(session_key, set())
@@ -282,11 +294,13 @@ class AgentLoop:
             text = HELP_TEXT if command == "/help" else await self._start_new_session(session, lease)
             return OutboundMessage(channel=channel, chat_id=chat_id, content=text, reply_to=msg.message_id), False
 
-        turn = TurnContext(channel=channel, chat_id=chat_id, session_key=key, message_id=msg.message_id)
+        turn = TurnContext(channel=channel, chat_id=chat_id, session_key=key, message_id=msg.message_id,
+                           workspace_key=cron_owner(msg))
         token = current_turn.set(turn)
         try:
             messages = self.context.build_messages(
-                session.get_history(self.memory_window), msg.content, channel, chat_id, msg.media, session_key=key
+                session.get_history(self.memory_window), msg.content, channel, chat_id, msg.media, session_key=key,
+                workspace_key=turn.workspace_key,
             )
             result = await run_tool_loop(
                 self.provider,
@@ -301,6 +315,8 @@ class AgentLoop:
             )
         finally:
             current_turn.reset(token)
+        if self.admission is not None and msg.channel != "system":
+            await self.admission.spend(msg.channel, msg.sender_id, result.usage.get("total_tokens", 0))
 
         content = result.content or "I have nothing to add."
         session.add_message("user", msg.content, media=msg.media or None, message_id=msg.message_id)
@@ -312,7 +328,9 @@ class AgentLoop:
 
         if turn.replied_in_turn:
             return None, result.error
-        return OutboundMessage(channel=channel, chat_id=chat_id, content=content, reply_to=msg.message_id), result.error
+        reply = OutboundMessage(channel=channel, chat_id=chat_id, content=content, reply_to=msg.message_id,
+                                metadata={"_usage": result.usage} if result.usage else {})
+        return reply, result.error
 
     def _progress_publisher(self, msg: InboundMessage, channel: str, chat_id: str) -> ProgressCallback:
         async def publish(text: str, is_tool_hint: bool) -> None:
@@ -362,10 +380,12 @@ class AgentLoop:
         channel: str = "cli",
         chat_id: str = "direct",
         on_progress: ProgressCallback | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> str:
         """Run one turn outside the bus, in session `session_key`, under that conversation's lock."""
         msg = InboundMessage(
-            channel=channel, sender_id="user", chat_id=chat_id, content=content, session_key_override=session_key
+            channel=channel, sender_id="user", chat_id=chat_id, content=content, session_key_override=session_key,
+            metadata=metadata or {},
         )
         with log_context(session_key=session_key, message_id=msg.message_id, channel=channel):
             async with self.locks.hold(session_key) as lease:
@@ -388,6 +408,13 @@ class AgentLoop:
 
     async def close(self) -> None:
         await self.provider.close()
+
+
+def cron_owner(msg: InboundMessage) -> str | None:
+    """The conversation that made the cron job whose turn `msg` starts (None for any other turn): the job's turn
+    works in that conversation's folder. Only the cron runner makes `cron:` sessions; no channel can."""
+    owner = msg.metadata.get(CRON_OWNER_KEY) if msg.session_key.startswith("cron:") else None
+    return owner if isinstance(owner, str) and owner else None
 
 
 def reply_target(msg: InboundMessage) -> tuple[str, str]:

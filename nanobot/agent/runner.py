@@ -25,6 +25,13 @@ class LoopResult:
     new_messages: list[dict[str, Any]] = field(default_factory=list)  # assistant/tool messages, in order
     tools_used: list[str] = field(default_factory=list)
     error: bool = False  # the provider gave up; `content` is the apology
+    # Tokens the provider reported for every call of the loop, added up (prompt_tokens, completion_tokens, ...).
+    usage: dict[str, int] = field(default_factory=dict)
+
+    def add_usage(self, usage: dict[str, int]) -> None:
+        for name, count in usage.items():
+            if isinstance(count, int):
+                self.usage[name] = self.usage.get(name, 0) + count
 
 
 def tool_hint(calls: list[ToolCallRequest]) -> str:
@@ -57,6 +64,7 @@ async def run_tool_loop(
         response = await provider.chat(
             messages, tools=definitions or None, model=model, max_tokens=max_tokens, temperature=temperature
         )
+        result.add_usage(response.usage)
         if response.is_error:
             result.content, result.error = response.content or "Sorry, the language model failed.", True
             return result

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from nanobot.agent.runner import run_tool_loop
 from nanobot.agent.toolset import workspace_tools
+from nanobot.agent.turn import TurnContext, current_turn, workspace_key_of
+from nanobot.agent.workspace import conversation_folder
 from nanobot.bus.events import InboundMessage
 from nanobot.bus.queue import MessageBus
 from nanobot.config.schema import ToolsConfig
@@ -37,6 +39,20 @@ class SubagentTask:
     channel: str
     chat_id: str
     session_key: str
+    # Whose folder its tools work in under `tools.isolation: conversation` (see TurnContext.workspace_key).
+    workspace_key: str | None = None
+
+    @classmethod
+    def new(
+        cls, task: str, label: str | None, channel: str, chat_id: str, session_key: str,
+        workspace_key: str | None = None,
+    ) -> SubagentTask:
+        """A new job with a fresh id; its label defaults to the task's start."""
+        return cls(uuid.uuid4().hex[:8], task, label or task[:30], channel, chat_id, session_key, workspace_key)
+
+    def turn(self) -> TurnContext:
+        """The turn its tools see: the conversation that spawned it (its chat, and under isolation its folder)."""
+        return TurnContext(self.channel, self.chat_id, self.session_key, workspace_key=self.workspace_key)
 
 
 def report_message(job: SubagentTask, result: str, ok: bool) -> InboundMessage:
@@ -67,12 +83,16 @@ async def run_subagent(
     max_tokens: int = 4096,
     temperature: float = 0.1,
 ) -> InboundMessage:
-    """Run one subagent to the end and return its report message (never raises, except cancellation)."""
+    """Run one subagent to the end and return its report message (never raises, except cancellation). Its tools
+    work where the spawning conversation's do (its own folder under `tools.isolation: conversation`)."""
     tools = workspace_tools(workspace, tools_config)
+    if tools_config.isolation == "conversation":
+        workspace = conversation_folder(workspace, workspace_key_of(job.turn()))
     messages = [
         {"role": "system", "content": SUBAGENT_SYSTEM.format(workspace=workspace)},
         {"role": "user", "content": job.task},
     ]
+    token = current_turn.set(job.turn())
     try:
         result = await run_tool_loop(
             provider, messages, tools, model=model, max_iterations=max_iterations,
@@ -84,6 +104,8 @@ async def run_subagent(
     except Exception as exc:
         log.exception("subagent=%s session=%s failed", job.id, job.session_key)
         return report_message(job, f"{type(exc).__name__}: {exc}", ok=False)
+    finally:
+        current_turn.reset(token)
 
 
 class SubagentManager:
@@ -99,8 +121,11 @@ class SubagentManager:
         self.model = model
         self._running: dict[str, tuple[str, asyncio.Task[None]]] = {}  # id -> (session_key, task)
 
-    async def spawn(self, task: str, label: str | None, channel: str, chat_id: str, session_key: str) -> str:
-        job = SubagentTask(uuid.uuid4().hex[:8], task, label or task[:30], channel, chat_id, session_key)
+    async def spawn(
+        self, task: str, label: str | None, channel: str, chat_id: str, session_key: str,
+        workspace_key: str | None = None,
+    ) -> str:
+        job = SubagentTask.new(task, label, channel, chat_id, session_key, workspace_key)
         runner = asyncio.create_task(self._run(job), name=f"subagent-{job.id}")
         self._running[job.id] = (session_key, runner)
         runner.add_done_callback(lambda _t: self._running.pop(job.id, None))

@@ -1,8 +1,9 @@
 """Which tools an agent gets: the workspace tools for every agent, plus the conversation tools.
 
 `tools.file.enable`, `tools.exec.enable` and `tools.web.enable` leave a family out. `agent_tools_config`
-settles the defaults that depend on the mode (the exec sandbox, read-only instructions) when an agent is
-built from the whole config; `workspace_tools` takes a `ToolsConfig` as it is ("" sandbox: none)."""
+settles the defaults that depend on the mode (the exec sandbox, read-only instructions, isolation) when an agent
+is built from the whole config; `workspace_tools` takes a `ToolsConfig` as it is ("" sandbox: none; ""
+isolation: shared)."""
 
 from __future__ import annotations
 
@@ -28,17 +29,26 @@ def agent_tools_config(config: Config) -> ToolsConfig:
     tools.exec.sandbox = choose_sandbox(tools.exec.sandbox, prefer_bwrap=many)  # type: ignore[assignment]
     if tools.read_only_instructions is None:
         tools.read_only_instructions = many
+    tools.isolation = config.isolation
     return tools
+
+
+def is_isolated(config: ToolsConfig) -> bool:
+    """Whether each conversation's tools work in its own folder (`tools.isolation`; "" here means shared)."""
+    return config.isolation == "conversation"
 
 
 def workspace_tools(workspace: Path, config: ToolsConfig) -> ToolRegistry:
     """Files, shell and web: what both the main agent and its subagents may use."""
     allowed = workspace if config.restrict_to_workspace else None
     read_only = bool(config.read_only_instructions)
+    isolated = is_isolated(config)
     registry = ToolRegistry()
     if config.file.enable:
         for tool_cls in (ReadFileTool, WriteFileTool, EditFileTool, ListDirTool):
-            registry.register(tool_cls(workspace, allowed_dir=allowed, read_only_instructions=read_only))
+            registry.register(
+                tool_cls(workspace, allowed_dir=allowed, read_only_instructions=read_only, isolated=isolated)
+            )
     if config.exec.enable:
         sandbox = choose_sandbox(config.exec.sandbox, prefer_bwrap=False)
         registry.register(
@@ -48,6 +58,7 @@ def workspace_tools(workspace: Path, config: ToolsConfig) -> ToolRegistry:
                 sandbox=sandbox,
                 restrict_to_workspace=config.restrict_to_workspace,
                 read_only_paths=instruction_paths(workspace) if read_only else (),
+                isolated=isolated,
             )
         )
     if config.web.enable:

@@ -68,7 +68,8 @@ class OutboundMessage:
 
     `reply_to` holds the id of the inbound message this answers (when there is one), so a channel
     that waits for an answer (the API channel) can match it. Metadata keys starting with `_` are
-    nanobot's own markers: `_progress` (an interim update), `_tool_hint` (a tool-call summary).
+    nanobot's own markers: `_progress` (an interim update), `_tool_hint` (a tool-call summary), `_usage` (on a
+    final reply: the LLM tokens its turn used, as the provider reported them).
     """
 
     channel: str
@@ -81,6 +82,12 @@ class OutboundMessage:
     @property
     def is_progress(self) -> bool:
         return bool(self.metadata.get("_progress"))
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """The tokens the turn that this replies to used (empty when unknown)."""
+        usage = self.metadata.get("_usage")
+        return {k: v for k, v in usage.items() if isinstance(v, int)} if isinstance(usage, dict) else {}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -48,7 +48,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from nanobot.bus.events import OutboundMessage, new_message_id
+from nanobot.admission.gate import Refusal
+from nanobot.bus.events import InboundMessage, OutboundMessage, new_message_id
 from nanobot.bus.queue import MessageBus
 from nanobot.channels.api_auth import (
     AUTH_WINDOW_S,
@@ -160,6 +161,7 @@ class _Pending:
     session_key: str
     stream: bool
     started: float = field(default_factory=time.monotonic)
+    usage: dict[str, int] = field(default_factory=dict)  # the reply's, once it came
     events: asyncio.Queue[tuple[_EventKind, str]] = field(default_factory=asyncio.Queue)
 
 
@@ -200,7 +202,7 @@ class ApiChannel(BaseChannel):
         self._serving = 0  # requests being served now (the maxConnections cap)
         self._stop_event = asyncio.Event()
         self._pending: dict[str, _Pending] = {}
-        self._recent: OrderedDict[str, tuple[float, str]] = OrderedDict()  # message id -> (time, final reply)
+        self._recent: OrderedDict[str, tuple[float, str, dict[str, int]]] = OrderedDict()  # id -> (time, reply, usage)
         self._created = int(time.time())
 
     # ------------------------------------------------------------------ lifecycle
@@ -273,7 +275,7 @@ class ApiChannel(BaseChannel):
         """Hand an agent message to the request it answers. A final reply is also kept a while, so a client
         that lost its connection (or a gateway restart) can retry with the same Idempotency-Key."""
         if msg.reply_to and not msg.is_progress:
-            self._remember(msg.reply_to, msg.content)
+            self._remember(msg.reply_to, msg.content, msg.usage)
         pending = self._pending.get(msg.reply_to) if msg.reply_to else None
         if pending is None:
             log.info(
@@ -288,7 +290,15 @@ class ApiChannel(BaseChannel):
                 pending.events.put_nowait(("progress", msg.content))
             return
         self._pending.pop(pending.message_id, None)
+        pending.usage = msg.usage
         pending.events.put_nowait(("final", msg.content))
+
+    async def _refused(self, msg: InboundMessage, refusal: Refusal) -> None:
+        """A fair limit refused the request: 429 with Retry-After, in OpenAI's shape; nothing was queued."""
+        raise ApiError(
+            429, refusal.text, kind="rate_limit_error", code=f"{refusal.limit}_limit_exceeded",
+            headers={"Retry-After": str(refusal.retry_after_s)},
+        )
 
     # ------------------------------------------------------------------ routing
     @web.middleware
@@ -422,7 +432,7 @@ class ApiChannel(BaseChannel):
                 session_key,
                 message_id,
             )
-            return web.json_response(self._completion(message_id, parsed.model, known), dumps=_dumps)
+            return web.json_response(self._completion(message_id, parsed.model, *known), dumps=_dumps)
         if message_id in self._pending:
             raise ApiError(409, "A request with this Idempotency-Key is still running", code="request_in_progress")
         # The waiter exists before the message is published, so even an instant reply finds it.
@@ -439,8 +449,12 @@ class ApiChannel(BaseChannel):
         if parsed.user is not None:
             metadata["api_user"] = parsed.user
         try:
-            # allowFrom was checked above, before a remembered reply could be given: this publishes.
+            # allowFrom was checked above, before a remembered reply could be given: this publishes (or raises
+            # ApiError 429 when a fair limit refuses it, `_refused`).
             await self._handle_message(client, parsed.chat_id, parsed.content, metadata=metadata, message_id=message_id)
+        except ApiError:
+            self._pending.pop(message_id, None)
+            raise
         except Exception as exc:
             self._pending.pop(message_id, None)
             log.exception("api request session=%s message_id=%s: publishing failed", session_key, message_id)
@@ -535,17 +549,18 @@ class ApiChannel(BaseChannel):
             raise ApiError(400, "The last user message has no text content", param=param)
         return text
 
-    def _remember(self, message_id: str, content: str) -> None:
-        self._recent[message_id] = (time.monotonic(), content)
+    def _remember(self, message_id: str, content: str, usage: dict[str, int]) -> None:
+        self._recent[message_id] = (time.monotonic(), content, usage)
         self._recent.move_to_end(message_id)
         while len(self._recent) > RECENT_REPLIES:
             self._recent.popitem(last=False)
 
-    def _recall(self, message_id: str) -> str | None:
+    def _recall(self, message_id: str) -> tuple[str, dict[str, int]] | None:
+        """A reply given a while ago, with its usage."""
         entry = self._recent.get(message_id)
         if entry is None or time.monotonic() - entry[0] > RECENT_TTL_S:
             return None
-        return entry[1]
+        return entry[1], entry[2]
 
     @staticmethod
     def _idempotency_key(request: web.Request) -> str | None:
@@ -621,7 +636,8 @@ class ApiChannel(BaseChannel):
                     raise self._timeout_error(pending) from None
                 if kind == "final":
                     self._log_reply(pending)
-                    return web.json_response(self._completion(pending.message_id, model, text), dumps=_dumps)
+                    completion = self._completion(pending.message_id, model, text, pending.usage)
+                    return web.json_response(completion, dumps=_dumps)
                 if kind == "closed":
                     raise self._unavailable()
         finally:
@@ -690,12 +706,15 @@ class ApiChannel(BaseChannel):
         yield b"data: [DONE]\n\n"
 
     @staticmethod
-    def _completion(message_id: str, model: str, content: str) -> dict[str, Any]:
+    def _completion(message_id: str, model: str, content: str, usage: dict[str, int]) -> dict[str, Any]:
+        """A chat completion; `usage` is what the provider reported for the whole turn (every LLM call of it)."""
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
         return {
             "id": f"chatcmpl-{message_id}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": usage.get("total_tokens", prompt + completion)},
         }

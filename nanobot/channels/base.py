@@ -1,5 +1,6 @@
 """What every chat channel is: it starts, stops, sends, and turns what people write into inbound messages
-(counted in `nanobot_inbound_messages_total{channel,outcome}`: ok when published, refused by allowFrom)."""
+(counted in `nanobot_inbound_messages_total{channel,outcome}`: ok when published, refused by allowFrom,
+limited by a fair limit per sender, see `nanobot.admission`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from nanobot.metrics.instruments import count_inbound
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from nanobot.admission.gate import Admission, Refusal
+
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +29,8 @@ class BaseChannel(ABC):
         self.config = config
         self.bus = bus
         self._running = False
+        # The fair limits per sender, set by the gateway (none: every allowed message is queued).
+        self.admission: Admission | None = None
 
     @abstractmethod
     async def start(self) -> None:
@@ -82,6 +87,21 @@ class BaseChannel(ABC):
             message_id=message_id or new_message_id(),
         )
         with log_context(session_key=msg.session_key, message_id=msg.message_id, channel=self.name):
+            if self.admission is not None and (refusal := await self.admission.admit(msg)) is not None:
+                count_inbound(self.name, "limited")
+                await self._refused(msg, refusal)
+                return None
             await self.bus.publish_inbound(msg)
         count_inbound(self.name, "ok")
         return msg
+
+    async def _refused(self, msg: InboundMessage, refusal: Refusal) -> None:
+        """Tell the sender that `msg` was not queued: one short notice per window (see `Admission.should_notify`),
+        sent from here, without a turn or the LLM; the rest are dropped quietly."""
+        assert self.admission is not None
+        if not await self.admission.should_notify(msg, refusal):
+            return
+        try:
+            await self.send(OutboundMessage(channel=self.name, chat_id=msg.chat_id, content=refusal.text))
+        except Exception as exc:
+            log.warning("channel=%s session=%s could not send the limit notice: %s", self.name, msg.session_key, exc)

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markdown import Markdown
-from rich.markup import escape
 from rich.table import Table
 
 from nanobot import __logo__, __version__
+from nanobot.cli.conversations import conversations_app
 from nanobot.cli.deadletters import deadletters_app
+from nanobot.cli.output import console, err, fail
 from nanobot.config.loader import ConfigError, config_path, cron_store_path, load_config, save_config
 from nanobot.config.schema import Config
 from nanobot.logs import chosen_format, setup_logging
@@ -28,9 +28,7 @@ app.add_typer(cron_app, name="cron")
 app.add_typer(channels_app, name="channels")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(deadletters_app, name="deadletters")
-
-console = Console()
-err = Console(stderr=True)
+app.add_typer(conversations_app, name="conversations")
 
 
 def _version(value: bool) -> None:
@@ -57,11 +55,6 @@ def _load() -> Config:
     except ConfigError as exc:
         err.print(f"[red]Config error:[/red] {exc}")
         raise typer.Exit(2) from exc
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]Error:[/red] {escape(message)}")  # messages quote config values: `[...]` is not markup
-    return typer.Exit(code)
 
 
 # ---------------------------------------------------------------------------- onboard
@@ -91,7 +84,7 @@ def _make_agent(config: Config) -> Any:
     try:
         provider = create_provider(config)
     except NoProviderError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     extra: dict[str, Any] = {}
     if config.bus.backend == "celery":
         # Same lock and history as the workers: this turn queues behind theirs for the same session.
@@ -110,7 +103,7 @@ def _require_redis(config: Config) -> None:
     try:
         check_distributed_ready(config)
     except BusUnavailableError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 @app.command()
@@ -184,19 +177,19 @@ def gateway(
         config.channels.api.port = port
     if bus is not None:
         if bus not in ("local", "celery"):
-            raise _fail(f"--bus must be local or celery, not {bus!r}", 2)
+            raise fail(f"--bus must be local or celery, not {bus!r}", 2)
         config.bus.backend = bus  # type: ignore[assignment]
     if embedded_worker is not None:
         config.bus.run_embedded_worker = embedded_worker
     try:
         gw = Gateway(config)
     except (NoProviderError, BusUnavailableError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     console.print(f"{__logo__} nanobot gateway (bus={config.bus.backend})")
     try:
         asyncio.run(gw.run_until_signal())
     except GatewayStartError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------- worker
@@ -221,7 +214,7 @@ def worker(
             loglevel=loglevel,
         )
     except BusUnavailableError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     _require_redis(config)
     if chosen_format(config.logging) == "text":  # JSON logs: one object per line, nothing else on stderr
         err.print(" ".join(argv[2:]))
@@ -418,14 +411,14 @@ def cron_list(all_jobs: Annotated[bool, typer.Option("--all", "-a", help="Includ
         console.print("No scheduled jobs.")
         return
     table = Table(title="Scheduled jobs")
-    for col in ("id", "name", "schedule", "enabled", "next run", "last"):
-        table.add_column(col)
+    for col in ("id", "name", "schedule", "enabled", "next run", "last", "owner"):
+        table.add_column(col, overflow="fold")
     for job in jobs:
         s = job.schedule
         when = {"every": f"every {(s.every_ms or 0) // 1000}s", "cron": f"{s.expr} {s.tz or ''}".strip(),
                 "at": _fmt_ms(s.at_ms)}[s.kind]
         table.add_row(job.id, job.name, when, _yes(job.enabled), _fmt_ms(job.state.next_run_at_ms),
-                      job.state.last_status or "-")
+                      job.state.last_status or "-", job.owner or "(operator)")
     console.print(table)
 
 
@@ -453,7 +446,7 @@ def cron_add(
             delete_after_run=schedule.kind == "at",
         )
     except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
+        raise fail(str(exc), 2) from exc
     console.print(f"[green]✓[/green] Added job {job.name!r} ({job.id})")
 
 
@@ -461,7 +454,7 @@ def cron_add(
 def cron_remove(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
     """Remove a job."""
     if not _cron().remove_job(job_id):
-        raise _fail(f"no job {job_id}")
+        raise fail(f"no job {job_id}")
     console.print(f"[green]✓[/green] Removed job {job_id}")
 
 
@@ -473,7 +466,7 @@ def cron_enable(
     """Enable (or --disable) a job."""
     job = _cron().enable_job(job_id, enabled=not disable)
     if job is None:
-        raise _fail(f"no job {job_id}")
+        raise fail(f"no job {job_id}")
     console.print(f"[green]✓[/green] Job {job_id} {'disabled' if disable else 'enabled'}")
 
 
@@ -507,7 +500,7 @@ def cron_run(
             await agent_loop.close()
 
     if not asyncio.run(run()):
-        raise _fail(f"no job {job_id} (or it is disabled: use --force)")
+        raise fail(f"no job {job_id} (or it is disabled: use --force)")
     console.print(f"[green]✓[/green] Job {job_id} ran")
     if replies and replies[0]:
         console.print(replies[0])

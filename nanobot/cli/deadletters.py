@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nanobot.cli.output import console, fail
 from nanobot.config.loader import ConfigError, load_config
 from nanobot.config.schema import Config
 
@@ -21,23 +21,16 @@ deadletters_app = typer.Typer(
     help="Messages set aside after failing bus.maxDeliveries times (bus.backend celery).", no_args_is_help=True
 )
 
-console = Console()
-err = Console(stderr=True)
 T = TypeVar("T")
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]Error:[/red] {escape(message)}")
-    return typer.Exit(code)
 
 
 def _config() -> Config:
     try:
         config = load_config()
     except ConfigError as exc:
-        raise _fail(f"config: {exc}", 2) from exc
+        raise fail(f"config: {exc}", 2) from exc
     if config.bus.backend != "celery":
-        raise _fail("dead letters exist only in distributed mode (bus.backend celery); this config uses "
+        raise fail("dead letters exist only in distributed mode (bus.backend celery); this config uses "
                     f"bus.backend {config.bus.backend!r}")
     return config
 
@@ -52,7 +45,7 @@ def _with_store(action: Callable[[Any], Awaitable[T]]) -> T:
         check_distributed_ready(config)
         module = distributed("deadletters")
     except BusUnavailableError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
     async def run() -> T:
         store = module.DeadLetters(config)
@@ -64,7 +57,7 @@ def _with_store(action: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except module.UnknownDeadLetter as exc:
-        raise _fail(f"no dead letter has the id {exc.args[0]!r} (see `nanobot deadletters list`)") from exc
+        raise fail(f"no dead letter has the id {exc.args[0]!r} (see `nanobot deadletters list`)") from exc
 
 
 def _when(unix_s: int) -> str:
@@ -132,7 +125,7 @@ def drop(
 ) -> None:
     """Delete a dead letter (or all of them with --all): its message is not answered again."""
     if (entry_id is None) == (not everything):
-        raise _fail("give one dead letter's id, or --all", 2)
+        raise fail("give one dead letter's id, or --all", 2)
 
     async def delete(store: Any) -> int:
         if everything:

@@ -247,11 +247,23 @@ class FileToolsConfig(Base):
     enable: bool = True
 
 
+class MessageToolConfig(Base):
+    # The message tool sends only to the chat of the turn it serves; true lets the model name any chat the
+    # channels reach (upstream's behaviour: one person could make the bot write to another).
+    allow_other_chats: bool = False
+
+
 class ToolsConfig(Base):
     web: WebToolsConfig = Field(default_factory=WebToolsConfig)
     exec: ExecToolConfig = Field(default_factory=ExecToolConfig)
     file: FileToolsConfig = Field(default_factory=FileToolsConfig)
+    message: MessageToolConfig = Field(default_factory=MessageToolConfig)
     restrict_to_workspace: bool = False
+    # "conversation": each conversation works in its own folder (`<workspace>/conversations/<session>/`), the
+    # tools' whole world for its turns (the operator's instructions and skills stay visible, read-only); its cron
+    # jobs are its own. "shared": one workspace for everybody (upstream). "" = conversation in distributed mode
+    # (many people), shared in local mode (settled when the agent is built, `toolset.agent_tools_config`).
+    isolation: Literal["", "conversation", "shared"] = ""
     # Addresses web_fetch may reach although they are loopback, private, link-local or metadata: CIDR ranges.
     ssrf_whitelist: list[str] = Field(default_factory=list)
     # The operator's instructions in the workspace (AGENTS.md, SOUL.md, USER.md, TOOLS.md, IDENTITY.md,
@@ -312,6 +324,19 @@ class LoggingConfig(Base):
     level: str = "INFO"
 
 
+# ---------------------------------------------------------------- fair limits per sender
+class LimitsConfig(Base):
+    """Fair limits per sender (see `nanobot.admission`). A key left unset (null) is off in local mode and for the
+    API channel (one client often carries many people); in distributed mode the chat channels get its default
+    (20 messages a minute with bursts of 5, 20 waiting per conversation, no token budget). A key that is set
+    applies to every channel, in both modes. 0 turns a limit off."""
+
+    messages_per_minute: int | None = Field(default=None, ge=0)
+    burst: int | None = Field(default=None, gt=0)
+    max_queued_per_conversation: int | None = Field(default=None, ge=0)
+    llm_tokens_per_day: int | None = Field(default=None, ge=0)
+
+
 # ---------------------------------------------------------------- root
 class Config(Base):
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
@@ -323,6 +348,7 @@ class Config(Base):
     bus: BusConfig = Field(default_factory=BusConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @property
     def workspace_path(self) -> Path:
@@ -330,10 +356,19 @@ class Config(Base):
 
     @property
     def memory_scope(self) -> Literal["shared", "conversation"]:
-        """`agents.defaults.memoryScope`, its default decided by the bus: many people share a distributed one."""
+        """`agents.defaults.memoryScope`, its default following `isolation`: people kept apart keep their memory
+        apart too."""
         scope = self.agents.defaults.memory_scope
         if scope:
             return scope
+        return "conversation" if self.isolation == "conversation" else "shared"
+
+    @property
+    def isolation(self) -> Literal["conversation", "shared"]:
+        """`tools.isolation`, its default decided by the bus: many people share a distributed deployment."""
+        setting = self.tools.isolation
+        if setting:
+            return setting
         return "conversation" if self.bus.backend == "celery" else "shared"
 
     def to_json_dict(self) -> dict:

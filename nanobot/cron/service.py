@@ -158,8 +158,10 @@ class CronService:
         channel: str | None = None,
         to: str | None = None,
         delete_after_run: bool = False,
+        owner: str | None = None,
     ) -> CronJob:
-        """Validate, store and return a new enabled job.
+        """Validate, store and return a new enabled job; `owner` is the session key of the conversation that made
+        it (None: the operator's).
 
         An ``at`` job whose time has already passed is due immediately (it fires
         on the next timer tick of the running service).
@@ -180,6 +182,7 @@ class CronService:
                 created_at_ms=now,
                 updated_at_ms=now,
                 delete_after_run=delete_after_run,
+                owner=owner,
             )
             job.state.next_run_at_ms = self._initial_next_run(job, now)
             self._jobs[job.id] = job
@@ -188,10 +191,13 @@ class CronService:
         log.info("cron: added job %s (%s)", job.id, job.schedule.describe())
         return copy.deepcopy(job)
 
-    def remove_job(self, job_id: str) -> bool:
-        """Delete a job (or a rejected record with that id); False if there was none."""
+    def remove_job(self, job_id: str, owner: str | None = None) -> bool:
+        """Delete a job (or a rejected record with that id); False if there was none. With `owner`, only a job of
+        that conversation is deleted (checked under the store's lock)."""
         with self._locked():
             self._refresh()
+            if owner is not None and getattr(self._jobs.get(job_id), "owner", None) != owner:
+                return False
             rejected = [r for r in self._rejected if r.id != job_id]
             if self._jobs.pop(job_id, None) is None and len(rejected) == len(self._rejected):
                 return False

@@ -16,6 +16,8 @@ from pydantic.alias_generators import to_camel
 
 STORE_VERSION = 1
 PAYLOAD_KIND = "agent_turn"
+# A fired job's inbound message carries its owner under this metadata key (see `AgentLoop`'s `cron_owner`).
+CRON_OWNER_KEY = "cron_owner"
 MAX_REPLY_CHARS = 500
 
 ScheduleKind = Literal["at", "every", "cron"]
@@ -130,6 +132,18 @@ class CronJob(_Record):
     created_at_ms: int = 0
     updated_at_ms: int = 0
     delete_after_run: bool = False
+    # The session key of the conversation that made the job (the cron tool), or None for the operator's (the CLI,
+    # upstream's jobs.json). Under `tools.isolation: conversation` only that conversation lists or removes it,
+    # and its turn works in that conversation's folder.
+    owner: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as jobs.json holds it; an operator's job (no owner) is written exactly as before owners were
+        recorded, as upstream writes it."""
+        data = super().to_dict()
+        if data.get("owner") is None:
+            data.pop("owner", None)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, where: str | None = None) -> Self:

@@ -13,6 +13,9 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from limits.aio.storage import MemoryStorage
+
+from nanobot.admission.gate import Admission
 from nanobot.agent.loop import AgentLoop
 from nanobot.bus.events import OutboundMessage
 from nanobot.bus.factory import check_distributed_ready, create_bus, distributed
@@ -21,7 +24,7 @@ from nanobot.channels.manager import ChannelManager, build_channels
 from nanobot.config.loader import cron_store_path
 from nanobot.config.schema import Config
 from nanobot.cron.service import CronService
-from nanobot.cron.types import CronJob
+from nanobot.cron.types import CRON_OWNER_KEY, CronJob
 from nanobot.gateway.http import GatewayHttp
 from nanobot.heartbeat.service import HeartbeatService
 from nanobot.metrics.instruments import SCHEDULE_FIRES
@@ -41,6 +44,7 @@ def cron_job_runner(agent: AgentLoop, bus: MessageBus) -> Callable[[CronJob], Aw
             session_key=f"cron:{job.id}",
             channel=payload.channel or "cli",
             chat_id=payload.to or "direct",
+            metadata={CRON_OWNER_KEY: job.owner} if job.owner else None,
         )
         if payload.deliver and payload.channel and payload.to and reply:
             await bus.publish_outbound(OutboundMessage(channel=payload.channel, chat_id=payload.to, content=reply))
@@ -89,6 +93,9 @@ class Gateway:
                 return agent.process_direct(prompt, session_key="heartbeat", channel="cli", chat_id="heartbeat")
 
         self.channels = ChannelManager(config.channels, self.bus, build_channels(config, self.bus))
+        admission = self.distributed.admission() if self.distributed is not None else self._local_admission()
+        for channel in self.channels.channels.values():
+            channel.admission = admission
         self.http = GatewayHttp(
             config.gateway.host, config.gateway.port, health=self._health, ready=self._not_ready,
             before_metrics=self.distributed.refresh_metrics if self.distributed is not None else None,
@@ -100,6 +107,13 @@ class Gateway:
             config.workspace_path, on_heartbeat=on_heartbeat, interval_s=hb.interval_s, enabled=hb.enabled
         )
         self._agent_task: asyncio.Task[None] | None = None
+
+    def _local_admission(self) -> Admission:
+        """Fair limits counted in this process; the agent counts its turns' tokens in the same place."""
+        assert self.agent is not None
+        admission = Admission(self.config, MemoryStorage(), waiting=self.agent.waiting)
+        self.agent.admission = admission
+        return admission
 
     def _health(self) -> dict[str, Any]:
         return {"channels": self.channels.status(), "bus": self.config.bus.backend}

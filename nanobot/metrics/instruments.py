@@ -29,6 +29,12 @@ INBOUND = Counter(
     "unauthorized, throttled.",
     ["channel", "outcome"],
 )
+LIMITED = Counter(
+    "nanobot_limited",
+    "Messages refused by a fair limit before they were queued (`limits`): rate (messagesPerMinute, burst), queue "
+    "(maxQueuedPerConversation), tokens (llmTokensPerDay).",
+    ["channel", "limit"],
+)
 OUTBOUND = Counter(
     "nanobot_outbound_messages",
     "Messages a channel sent: ok, failed (the send raised), dropped (no such channel on this gateway).",
@@ -113,6 +119,10 @@ def labelled(metric: MetricWrapperBase, *values: str) -> Any:
 
 def count_inbound(channel: str, outcome: str = OK) -> None:
     labelled(INBOUND, channel, outcome).inc()
+
+
+def count_limited(channel: str, limit: str) -> None:
+    labelled(LIMITED, channel, limit).inc()
 
 
 def count_outbound(channel: str, outcome: str = OK) -> None:

@@ -215,6 +215,14 @@ class SessionManager(SessionCache):
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self.fence_check = fence_check
 
+    def get_or_create(self, key: str) -> Session:
+        """The cached session, unless its file was removed since it was saved (`nanobot conversations forget`
+        while this process runs): then a new one, so a forgotten history is never written back."""
+        cached = self._cache.get(key)
+        if cached is not None and cached.messages and not self.path_for(key).exists():
+            self.invalidate(key)
+        return super().get_or_create(key)
+
     def path_for(self, key: str) -> Path:
         path = self.sessions_dir / session_filename(key)
         if not path.exists():

@@ -255,6 +255,7 @@ class RecordedRequest:
     stream: bool
     params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)  # the token counts the reply reported
 
     @property
     def last_user_text(self) -> str:
@@ -530,7 +531,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         record.reply_content = reply.content
         record.reply_tool_calls = reply.tool_calls
-        usage = _usage(messages, tools, reply)
+        usage = record.usage = _usage(messages, tools, reply)
         completion_id = f"chatcmpl-sim{seq:06d}"
         created = int(received_at)
         response_model = model or DEFAULT_MODEL

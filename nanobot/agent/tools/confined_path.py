@@ -76,14 +76,25 @@ class _Changed(Exception):
 
 
 class Confinement:
-    """Opens absolute paths without leaving `root` (`/` allows every path) or entering a protected path.
+    """Opens absolute paths without leaving `root` (`/` allows every path; `also` adds paths to read) or entering
+    a protected path.
 
     `root_name` names the root in refusals ("the workspace"); `shown` in each call is the path as the
     model wrote it. Missing files and the like raise the usual OSError subclasses.
     """
 
-    def __init__(self, root: Path, protected: Sequence[ProtectedPath], root_name: str = "the allowed directory"):
+    def __init__(
+        self,
+        root: Path,
+        protected: Sequence[ProtectedPath],
+        root_name: str = "the allowed directory",
+        also: Sequence[Path] = (),
+    ):
+        """`also`: resolved paths outside the root that may be opened too (a conversation's tools reading the
+        operator's instructions); give none for writing: new files and missing directories are made only inside the
+        root."""
         self.root = Path(os.path.realpath(root))
+        self.also = list(also)
         self.protected = list(protected)
         self.root_name = root_name
 
@@ -275,6 +286,9 @@ class Confinement:
                 raise Protected(f"access denied: {protected.reason}")
         if self._inside_root(path) or (not final and self.root.is_relative_to(path)):
             return
+        for allowed in self.also:
+            if path.is_relative_to(allowed) or (not final and allowed.is_relative_to(path)):
+                return
         raise OutsideRoot(f"access denied: '{shown}' leads outside {self.root_name} {self.root} (to {path})")
 
     def _check_opened(self, fd: int, shown: str, walked: Path, *, final: bool = True) -> None:

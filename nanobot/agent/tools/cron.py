@@ -1,4 +1,8 @@
-"""The cron tool: the agent schedules reminders and recurring tasks for the current chat."""
+"""The cron tool: the agent schedules reminders and recurring tasks for the current chat.
+
+Every job records the conversation that made it (`CronJob.owner`). Under `tools.isolation: conversation` a
+conversation lists and removes only its own jobs: another person's reminders (and what they say) stay theirs.
+A job always delivers to the chat it was made from: the model cannot choose another."""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from nanobot.agent.tools.base import Tool
-from nanobot.agent.turn import turn_or_none
+from nanobot.agent.turn import turn_or_none, workspace_key_of
 from nanobot.cron.types import CronSchedule
 
 if TYPE_CHECKING:
@@ -52,13 +56,22 @@ class CronTool(Tool):
         "additionalProperties": False,
     }
 
-    def __init__(self, cron: CronService) -> None:
+    def __init__(self, cron: CronService, isolated: bool = False) -> None:
         self._cron = cron
+        self.isolated = isolated
+
+    def _owner(self) -> str | None:
+        """The conversation whose jobs this call may see (None: every job, the shared workspace's way)."""
+        if not self.isolated:
+            return None
+        turn = turn_or_none()
+        return workspace_key_of(turn) if turn is not None else ""
 
     async def execute(self, **kwargs: Any) -> str:
         action = kwargs["action"]
+        owner = self._owner()
         if action == "list":
-            jobs = self._cron.list_jobs(include_disabled=True)
+            jobs = [j for j in self._cron.list_jobs(include_disabled=True) if owner is None or j.owner == owner]
             if not jobs:
                 return "No scheduled jobs."
             return "\n".join(
@@ -68,7 +81,8 @@ class CronTool(Tool):
             job_id = kwargs.get("job_id")
             if not job_id:
                 return "Error: remove needs job_id"
-            return f"Removed job {job_id}" if self._cron.remove_job(job_id) else f"Error: no job {job_id}"
+            removed = self._cron.remove_job(job_id, owner=owner)
+            return f"Removed job {job_id}" if removed else f"Error: no job {job_id}"
         message = kwargs.get("message")
         if not message:
             return "Error: add needs message"
@@ -86,6 +100,7 @@ class CronTool(Tool):
                 channel=turn.channel if turn else None,
                 to=turn.chat_id if turn else None,
                 delete_after_run=schedule.kind == "at",
+                owner=workspace_key_of(turn) if turn is not None else None,
             )
         except ValueError as exc:  # a schedule the service refuses (bad cron expression, timezone, ...)
             return f"Error: {exc}"

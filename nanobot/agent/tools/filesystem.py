@@ -1,6 +1,7 @@
 """File tools: read_file, write_file, edit_file and list_dir.
 
-Relative paths resolve against the workspace and `~` expands to the home directory. Every path is opened
+Relative paths resolve against the workspace (with `tools.isolation: conversation`, the conversation's own
+folder, which then confines every path: see `scope`) and `~` expands to the home directory. Every path is opened
 through `Confinement` (see `confined_path`), which follows links itself: when `allowed_dir` is set, a path
 leading outside it (through `..`, an absolute path or a link, even one swapped in while the tool runs) is
 refused; whatever `allowed_dir` says, conversation histories, the config file and `/proc` are refused
@@ -18,6 +19,7 @@ from typing import Any
 from nanobot.agent.tools.base import Tool
 from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened, absolute_in
 from nanobot.agent.tools.protected_paths import protected_paths
+from nanobot.agent.tools.scope import NoConversation, Scope, scope_of_call
 
 MAX_READ_BYTES = 128 * 1024
 MAX_EDIT_BYTES = 8 * 1024 * 1024
@@ -32,23 +34,38 @@ def _path_property(description: str) -> dict[str, Any]:
 class _FileTool(Tool):
     """Shared path handling for the file tools."""
 
-    def __init__(self, workspace: Path, allowed_dir: Path | None = None, read_only_instructions: bool = False) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        allowed_dir: Path | None = None,
+        read_only_instructions: bool = False,
+        isolated: bool = False,
+    ) -> None:
+        """`isolated`: each call works in its conversation's own folder (see `scope`), confined to it."""
         self.workspace = Path(os.path.abspath(Path(workspace).expanduser()))
         self.allowed_dir = Path(allowed_dir).expanduser().resolve() if allowed_dir is not None else None
         self.read_only_instructions = read_only_instructions
+        self.isolated = isolated
 
-    def confinement(self, writing: bool = False) -> Confinement:
-        """Where paths may lead now: inside `allowed_dir` (anywhere without one), never to a protected path
-        (for `writing`, nor to the operator's instructions when they are read-only)."""
-        protected = protected_paths(self.workspace, writing=writing, read_only_instructions=self.read_only_instructions)
+    def confinement(self, scope: Scope, writing: bool = False) -> Confinement:
+        """Where paths may lead now: inside the conversation's folder (plus, to read, the operator's instructions)
+        when isolated, else inside `allowed_dir` (anywhere without one); never to a protected path (for
+        `writing`, nor to the operator's instructions when they are read-only)."""
+        protected = protected_paths(
+            self.workspace, writing=writing, read_only_instructions=self.read_only_instructions,
+            in_conversation=scope.isolated,
+        )
+        if scope.isolated:
+            also = [] if writing else scope.readable()
+            return Confinement(scope.root, protected, root_name="this conversation's folder", also=also)
         return Confinement(self.allowed_dir or Path("/"), protected)
-
-    def absolute(self, path: str) -> Path:
-        return absolute_in(self.workspace, path)
 
     async def execute(self, **kwargs: Any) -> str:
         try:
-            return await asyncio.to_thread(self.run, **kwargs)
+            scope = scope_of_call(self.workspace, self.isolated)
+            return await asyncio.to_thread(self.run, scope, **kwargs)
+        except NoConversation as exc:
+            return str(exc)
         except AccessDenied as exc:
             return f"Error: {exc}"
         except PermissionError as exc:
@@ -56,7 +73,7 @@ class _FileTool(Tool):
         except OSError as exc:
             return f"Error: {exc.strerror or exc}: {exc.filename or kwargs.get('path', '')}"
 
-    def run(self, **kwargs: Any) -> str:
+    def run(self, scope: Scope, **kwargs: Any) -> str:
         raise NotImplementedError
 
 
@@ -73,9 +90,9 @@ class ReadFileTool(_FileTool):
         "additionalProperties": False,
     }
 
-    def run(self, path: str) -> str:  # type: ignore[override]
+    def run(self, scope: Scope, path: str) -> str:  # type: ignore[override]
         try:
-            with self.confinement().open_file(self.absolute(path), path) as opened:
+            with self.confinement(scope).open_file(absolute_in(scope.root, path), path) as opened:
                 if problem := _not_a_regular_file(opened, path):
                     return problem
                 size = os.fstat(opened.fd).st_size
@@ -106,10 +123,10 @@ class WriteFileTool(_FileTool):
         "additionalProperties": False,
     }
 
-    def run(self, path: str, content: str) -> str:  # type: ignore[override]
+    def run(self, scope: Scope, path: str, content: str) -> str:  # type: ignore[override]
         data = content.encode("utf-8")
         try:
-            target = self.confinement(writing=True).replace_file(self.absolute(path), path, data)
+            target = self.confinement(scope, writing=True).replace_file(absolute_in(scope.root, path), path, data)
         except IsADirectoryError:
             return f"Error: {path} is a directory"
         return f"Wrote {len(data)} bytes to {target}"
@@ -132,10 +149,10 @@ class EditFileTool(_FileTool):
         "additionalProperties": False,
     }
 
-    def run(self, path: str, old_text: str, new_text: str) -> str:  # type: ignore[override]
-        confinement = self.confinement(writing=True)
+    def run(self, scope: Scope, path: str, old_text: str, new_text: str) -> str:  # type: ignore[override]
+        confinement = self.confinement(scope, writing=True)
         try:
-            with confinement.open_file(self.absolute(path), path) as opened:
+            with confinement.open_file(absolute_in(scope.root, path), path) as opened:
                 if problem := _not_a_regular_file(opened, path):
                     return problem
                 if os.fstat(opened.fd).st_size > MAX_EDIT_BYTES:
@@ -172,10 +189,9 @@ class ListDirTool(_FileTool):
         "additionalProperties": False,
     }
 
-    def run(self, path: str = ".") -> str:  # type: ignore[override]
+    def run(self, scope: Scope, path: str = ".") -> str:  # type: ignore[override]
         try:
-            with self.confinement().open_dir(self.absolute(path), path) as opened:
-                target = opened.path
+            with self.confinement(scope).open_dir(absolute_in(scope.root, path), path) as opened:
                 # Entries are not followed: a link shows as a plain name, whatever it points to.
                 with os.scandir(opened.fd) as scan:
                     entries = sorted(
@@ -186,7 +202,7 @@ class ListDirTool(_FileTool):
         except NotADirectoryError:
             return f"Error: {path} is a file, not a directory (use read_file to read it)"
         if not entries:
-            return f"{target} is empty"
+            return f"{path} is empty"  # as the model named it: the same in every mode and on every host
         lines = [f"{name}/" if is_dir else name for name, is_dir in entries[:MAX_LIST_ENTRIES]]
         if len(entries) > MAX_LIST_ENTRIES:
             lines.append(f"[... {len(entries) - MAX_LIST_ENTRIES} more entries not shown]")

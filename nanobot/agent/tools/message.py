@@ -1,10 +1,14 @@
-"""The message tool: send text to a chat (this one by default, or another), with files from the workspace.
+"""The message tool: send text to the chat of the turn it serves, with files from the workspace.
+
+Another chat only when the operator allows it (`tools.message.allowOtherChats`): otherwise a `channel`/`chat_id`
+naming any other chat is an error and nothing is sent, so one person cannot make the bot write to another.
 
 Chat channels upload the files a message names to the person at the other end, and what the agent names
 may be what a hostile user or a web page asked for. So a file is sent only when it opens through
-`Confinement` inside the workspace (links followed by the walk, never out of it) and is not a protected
-path (conversation histories, the config file); the channel then gets a copy of it in the outbox (see
-`media_outbox`), not the path the model named. Upstream nanobot sends any path.
+`Confinement` inside the workspace (the conversation's own folder under `tools.isolation: conversation`;
+links followed by the walk, never out of it) and is not a protected path (conversation histories, the config
+file); the channel then gets a copy of it in the outbox (see `media_outbox`), not the path the model named.
+Upstream nanobot sends any path.
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ from nanobot.agent.tools import media_outbox
 from nanobot.agent.tools.base import Tool
 from nanobot.agent.tools.confined_path import AccessDenied, Confinement, Opened, OutsideRoot, absolute_in
 from nanobot.agent.tools.protected_paths import protected_paths
-from nanobot.agent.turn import turn_or_none
+from nanobot.agent.tools.scope import NoConversation, Scope, scope_of_call
+from nanobot.agent.turn import TurnContext, turn_or_none
 from nanobot.bus.events import OutboundMessage
 
 
 class MessageTool(Tool):
     name = "message"
     description = (
-        "Send a message to a chat. Without channel and chat_id it goes to the current chat, and then "
-        "it is your reply for this turn. Use it to reach another chat, or to send files (media)."
+        "Send a message to the current chat; it is then your reply for this turn. Use it to send files "
+        "(media). Other chats are reachable only where the operator allows it."
     )
     parameters = {
         "type": "object",
@@ -42,22 +47,42 @@ class MessageTool(Tool):
         "additionalProperties": False,
     }
 
-    def __init__(self, send: Callable[[OutboundMessage], Awaitable[None]], workspace: Path) -> None:
+    def __init__(
+        self,
+        send: Callable[[OutboundMessage], Awaitable[None]],
+        workspace: Path,
+        *,
+        allow_other_chats: bool = False,
+        isolated: bool = False,
+    ) -> None:
+        """`isolated`: files are sent only from the conversation's own folder (see `scope`)."""
         self._send = send
         self.workspace = Path(workspace).expanduser().resolve()
+        self.allow_other_chats = allow_other_chats
+        self.isolated = isolated
 
-    def _media_paths(self, paths: list[str]) -> list[str]:
+    def _media_paths(self, scope: Scope, paths: list[str]) -> list[str]:
         """The outbox copies of `paths`; raises ValueError (or AccessDenied, OSError) naming the first refused."""
-        confinement = Confinement(self.workspace, protected_paths(self.workspace), root_name="the workspace")
+        protected = protected_paths(self.workspace, in_conversation=scope.isolated)
+        name = "this conversation's folder" if scope.isolated else "the workspace"
+        confinement = Confinement(scope.root, protected, root_name=name)
         with ExitStack() as stack:
             sources: list[tuple[Opened, str]] = []
             for path in paths:
                 try:
-                    opened = stack.enter_context(confinement.open_file(absolute_in(self.workspace, path), path))
+                    opened = stack.enter_context(confinement.open_file(absolute_in(scope.root, path), path))
                     sources.append((opened, path))
                 except FileNotFoundError:
                     raise ValueError(f"'{path}' is not a file") from None
-            return media_outbox.stage(confinement, self.workspace, sources)
+            return media_outbox.stage(confinement, scope.root, sources)
+
+    def _refusal(self, turn: TurnContext | None, channel: str, chat_id: str) -> str | None:
+        """Why sending to `channel`:`chat_id` is refused now, or None."""
+        if self.allow_other_chats or (turn is not None and (channel, chat_id) == (turn.channel, turn.chat_id)):
+            return None
+        return ("Error: the message tool sends only to the chat of this conversation "
+                f"({turn.channel}:{turn.chat_id}); nothing was sent to {channel}:{chat_id}" if turn is not None else
+                "Error: the message tool sends only to the chat of the conversation it serves, and none is running")
 
     async def execute(self, **kwargs: Any) -> str:
         turn = turn_or_none()
@@ -65,8 +90,13 @@ class MessageTool(Tool):
         chat_id = kwargs.get("chat_id") or (turn.chat_id if turn else None)
         if not channel or not chat_id:
             return "Error: no target chat: give channel and chat_id"
+        if refusal := self._refusal(turn, str(channel), str(chat_id)):
+            return refusal
         try:
-            media = await asyncio.to_thread(self._media_paths, list(kwargs.get("media") or []))
+            scope = scope_of_call(self.workspace, self.isolated)
+            media = await asyncio.to_thread(self._media_paths, scope, list(kwargs.get("media") or []))
+        except NoConversation as exc:
+            return str(exc)
         except OutsideRoot as exc:
             return f"Error: {exc}; only files in the workspace can be sent"
         except (ValueError, AccessDenied) as exc:

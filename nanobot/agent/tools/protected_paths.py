@@ -9,6 +9,8 @@ link, a `..` or an absolute path leading to them is refused too:
 * the cron jobs file: every user's scheduled messages and where they go.
 * the config file in use: it holds the operator's provider keys and the Redis URL.
 * `/proc`: the environment and command line of nanobot's own processes can hold the same secrets.
+* `<workspace>/conversations/`, for tools working in the shared workspace: each conversation's own folder
+  (`tools.isolation: conversation`); a tool working in one of them is confined to it instead (`scope`).
 
 With `tools.readOnlyInstructions` (on in distributed mode), writes are also refused to the operator's
 instructions (`INSTRUCTIONS`): every conversation's system prompt is built from them, so one end user must
@@ -22,6 +24,7 @@ from typing import NamedTuple
 
 from nanobot.agent.context import BOOTSTRAP_FILES
 from nanobot.agent.memory import CONVERSATIONS_DIR
+from nanobot.agent.workspace import conversations_root
 from nanobot.config.loader import config_path, cron_store_path
 
 # The folder SessionManager keeps its histories in, inside the workspace.
@@ -45,17 +48,23 @@ def instruction_paths(workspace: Path) -> list[Path]:
 
 
 def protected_paths(
-    workspace: Path, *, writing: bool = False, read_only_instructions: bool = False
+    workspace: Path, *, writing: bool = False, read_only_instructions: bool = False, in_conversation: bool = False
 ) -> list[ProtectedPath]:
-    """The protected paths for an agent working in `workspace`, resolved now (the config file may move).
-    `writing` with `read_only_instructions` adds the operator's instructions."""
+    """The protected paths for an agent whose workspace is `workspace`, resolved now (the config file may move).
+    `writing` with `read_only_instructions` adds the operator's instructions; a tool working in a conversation's
+    own folder (`in_conversation`) is kept out of the others by its root, so the conversations' folders are
+    not listed."""
     workspace = Path(workspace).expanduser()
     instructions = [
         ProtectedPath(path.resolve(), "the operator's instructions are read-only for tools")
         for path in instruction_paths(workspace)
     ] if writing and read_only_instructions else []
+    conversations = [] if in_conversation else [
+        ProtectedPath(conversations_root(workspace).resolve(), "other conversations' folders are not available"),
+    ]
     return [
         *instructions,
+        *conversations,
         ProtectedPath(
             (workspace / SESSIONS_DIR_NAME).resolve(), "conversation histories are not available to tools"
         ),

@@ -1,13 +1,14 @@
 """The bubblewrap sandbox of the `exec` tool: whether it works here, which sandbox to use, its command line.
 
-Under bubblewrap a command gets its own user, PID, network, IPC, UTS and cgroup namespaces, no
-capabilities and no way to create further user namespaces. Its filesystem is only: the system directories
-needed to run programs (read-only), a fresh /proc and /dev, a /tmp tmpfs the size of the memory limit, the
-workspace (read-write, at its own absolute path) and the operator's extra binds; the rest of its root is
-read-only. The workspace's `sessions/` and `memory/` (every conversation's history, the agent's memory)
-are hidden under empty read-only tmpfs mounts, as are the cron store and the operator's home wherever a
-bind would show them; a config file a bind would show becomes an unreadable /dev/null. Everything else
-(the operator's home, /root, /home, the config file, /etc/shadow, ...) does not exist in the sandbox.
+Under bubblewrap a command gets its own user, PID, network, IPC, UTS and cgroup namespaces, no capabilities and no way
+to create further user namespaces. Its filesystem is only: the system directories needed to run programs (read-only),
+a fresh /proc and /dev, a /tmp tmpfs the size of the memory limit, the workspace (read-write, at its own absolute
+path; with `tools.isolation: conversation`, the conversation's own folder, and the operator's instructions read-only
+beside it), the operator's extra binds, and an /etc/passwd and /etc/group of its own that name no host account; the
+rest of its root is read-only. The shared workspace's `sessions/` and `memory/` (every conversation's history, the
+agent's memory) are hidden under empty read-only tmpfs mounts, as are the cron store and the operator's home wherever
+a bind would show them; a config file a bind would show becomes an unreadable /dev/null. Everything else (the
+operator's home, /root, /home, the config file, /etc/shadow, ...) does not exist in the sandbox.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ SYSTEM_PATHS = (
     "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
     "/etc/ssl/certs", "/etc/ssl/openssl.cnf", "/etc/ca-certificates", "/etc/ca-certificates.conf", "/etc/pki/tls/certs",
     "/etc/pki/ca-trust", "/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/nsswitch.conf", "/etc/gai.conf",
-    "/etc/passwd", "/etc/group", "/etc/localtime", "/etc/timezone", "/etc/mime.types", "/etc/os-release",
+    "/etc/localtime", "/etc/timezone", "/etc/mime.types", "/etc/os-release",
 )
+# /etc/passwd and /etc/group are not the host's (they name its accounts): each command gets its own, naming only
+# the sandbox's user and `nobody` (as Flatpak does), handed to bwrap through a pipe (`account_files`).
+ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
 # Workspace folders no command may read or change: every conversation's history, the agent's memory.
 MASKED_WORKSPACE_DIRS = ("sessions", "memory")
 _warned_unsandboxed = False
@@ -121,15 +125,31 @@ def parse_binds(specs: Iterable[str], *, writable: bool, key: str) -> list[Bind]
     return binds
 
 
+def account_files(home: str, uid: int | None = None, gid: int | None = None) -> tuple[bytes, bytes]:
+    """The sandbox's /etc/passwd and /etc/group: its own user (root when the worker is root, else `nanobot`) with
+    `home`, and `nobody`/`nogroup`, which files of ids outside the sandbox's user namespace show as."""
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
+    user = "root" if uid == 0 else "nanobot"
+    group = "root" if gid == 0 else "nanobot"
+    passwd = f"{user}:x:{uid}:{gid}:{user}:{home}:/bin/sh\n"
+    groups = f"{group}:x:{gid}:\n"
+    if uid != 65534:
+        passwd += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    if gid != 65534:
+        groups += "nogroup:x:65534:\n"
+    return passwd.encode(), groups.encode()
+
+
 def hidden_paths() -> list[Path]:
     """What a bind must never show: the config file, the cron store and the operator's home."""
     return [config_path().resolve(), (data_dir() / "cron").resolve(), Path.home().resolve()]
 
 
-def _masks(workspace: Path, binds: Sequence[Bind]) -> list[str]:
-    """Arguments hiding the workspace's private folders and every hidden path that a bind would show."""
+def _masks(workspace: Path, binds: Sequence[Bind], masked: Sequence[str]) -> list[str]:
+    """Arguments hiding the workspace's `masked` folders and every hidden path that a bind would show."""
     args: list[str] = []
-    for name in MASKED_WORKSPACE_DIRS:
+    for name in masked:
         args += ["--tmpfs", str(workspace / name), "--remount-ro", str(workspace / name)]
     for hidden in hidden_paths():
         if not hidden.exists():
@@ -168,8 +188,14 @@ def bwrap_argv(
     extra_binds: Sequence[Bind] = (),
     tmp_size_mb: int = 256,
     read_only: Sequence[Path] = (),
+    masked: Sequence[str] = MASKED_WORKSPACE_DIRS,
+    account_fds: tuple[int, int] | None = None,
 ) -> list[str]:
-    """The bwrap command line that runs `argv` in `cwd` with exactly `env`, seeing the workspace at its path."""
+    """The bwrap command line that runs `argv` in `cwd` with exactly `env`, seeing the workspace at its path.
+
+    `masked`: folders of the workspace hidden under empty tmpfs (the shared workspace's histories and memory; a
+    conversation's own folder has none). `account_fds`: pipes bwrap reads /etc/passwd and /etc/group from
+    (`account_files`); without them the sandbox has neither file."""
     args = [bwrap, *ISOLATION]
     if network:
         args.append("--share-net")
@@ -181,7 +207,10 @@ def bwrap_argv(
         args += ["--bind-try" if bind.writable else "--ro-bind-try", str(bind.src), str(bind.dst)]
     for path in read_only:  # parts of the workspace commands may read but not change (that exist now)
         args += ["--ro-bind-try", str(path), str(path)]
-    args += _masks(workspace, [*system, *binds])
+    args += _masks(workspace, [*system, *binds], masked)
+    if account_fds is not None:
+        for fd, path in zip(account_fds, ACCOUNT_FILES, strict=True):
+            args += ["--ro-bind-data", str(fd), path]
     args += ["--remount-ro", "/"]  # the sandbox's own root (its /etc, the parents of binds); not the mounts on it
     args.append("--clearenv")
     for name, value in env.items():

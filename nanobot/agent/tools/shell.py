@@ -41,21 +41,25 @@ import re
 import resource
 import signal
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from nanobot.agent.tools.base import Tool
+from nanobot.agent.tools.confined_path import write_all
 from nanobot.agent.tools.sandbox import (
+    MASKED_WORKSPACE_DIRS,
     MINIMAL_PATH,
     SANDBOXES,
     Bind,
+    account_files,
     bwrap_argv,
     bwrap_executable,
     bwrap_problem,
     parse_binds,
 )
+from nanobot.agent.tools.scope import NoConversation, Scope, scope_of_call
 from nanobot.config.schema import ExecToolConfig
 
 log = logging.getLogger(__name__)
@@ -266,8 +270,11 @@ class ExecTool(Tool):
         deny_patterns: Sequence[str] = (),
         allow_patterns: Sequence[str] = (),
         read_only_paths: Sequence[Path] = (),
+        isolated: bool = False,
     ) -> None:
-        """`sandbox` is "bwrap" or "none" (see sandbox.choose_sandbox); bad patterns or binds raise ValueError."""
+        """`sandbox` is "bwrap" or "none" (see sandbox.choose_sandbox); bad patterns or binds raise ValueError.
+        `isolated`: each command runs in its conversation's own folder (see `scope`), its HOME, the only folder of
+        the workspace the sandbox shows (writable), beside the operator's instructions (read-only)."""
         if sandbox not in SANDBOXES:
             raise ValueError(f"exec sandbox must be 'bwrap' or 'none', not {sandbox!r}")
         self.working_dir = Path(working_dir).expanduser()
@@ -278,6 +285,7 @@ class ExecTool(Tool):
         self.sandbox = sandbox
         self.sandbox_network = sandbox_network
         self.read_only_paths = [Path(path) for path in read_only_paths]  # under the sandbox
+        self.isolated = isolated
         self.deny_patterns = compile_patterns(deny_patterns, "denyPatterns")
         self.allow_patterns = compile_patterns(allow_patterns, "allowPatterns")
         self.binds: list[Bind] = [
@@ -305,6 +313,7 @@ class ExecTool(Tool):
         sandbox: str,
         restrict_to_workspace: bool = False,
         read_only_paths: Sequence[Path] = (),
+        isolated: bool = False,
     ) -> ExecTool:
         """The tool as `tools.exec` describes it, with the sandbox already chosen ("bwrap" or "none")."""
         return cls(
@@ -323,6 +332,7 @@ class ExecTool(Tool):
             deny_patterns=config.deny_patterns,
             allow_patterns=config.allow_patterns,
             read_only_paths=read_only_paths,
+            isolated=isolated,
         )
 
     async def execute(self, command: str, working_dir: str | None = None, **_: Any) -> str:  # type: ignore[override]
@@ -333,11 +343,15 @@ class ExecTool(Tool):
             )
         if reason := self._refusal(command):
             return f"Error: command refused by the safety policy ({reason}). Run it yourself if intended."
-        cwd_or_error = self._check_working_dir(working_dir, command)
+        try:
+            scope = scope_of_call(self.working_dir, self.isolated)
+        except NoConversation as exc:
+            return str(exc)
+        cwd_or_error = self._check_working_dir(scope, working_dir, command)
         if isinstance(cwd_or_error, str):
             return cwd_or_error
         cwd = cwd_or_error
-        return await self._run(command, cwd)
+        return await self._run(scope, command, cwd)
 
     def _refusal(self, command: str) -> str | None:
         """Why the deny-list or the operator's patterns refuse `command`, or None."""
@@ -349,50 +363,63 @@ class ExecTool(Tool):
             return "it matches none of the command patterns the operator allowed"
         return None
 
-    def _check_working_dir(self, working_dir: str | None, command: str) -> Path | str:
-        """The directory to run in, or an error message (including the workspace restriction)."""
-        cwd = self.working_dir
+    def _check_working_dir(self, scope: Scope, working_dir: str | None, command: str) -> Path | str:
+        """The directory to run in, or an error message (including the workspace restriction). A conversation's
+        command runs inside its folder; without the sandbox the textual heuristic applies to it too."""
+        cwd = scope.root
         if working_dir:
-            cwd = (self.working_dir / Path(working_dir).expanduser()).resolve()
-        if self.restrict_to_workspace:
-            workspace = self.working_dir.resolve()
-            if not cwd.resolve().is_relative_to(workspace):
-                return f"Error: working_dir {cwd} is outside the workspace {workspace}"
-            if reason := check_outside_workspace(command, workspace):
-                return f"Error: command refused because {reason} (commands are restricted to the workspace)"
+            cwd = (scope.root / Path(working_dir).expanduser()).resolve()
+        root = scope.root.resolve()
+        where = "this conversation's folder" if scope.isolated else "the workspace"
+        if (self.restrict_to_workspace or scope.isolated) and not cwd.resolve().is_relative_to(root):
+            return f"Error: working_dir {cwd} is outside {where} {root}"
+        if self.restrict_to_workspace or (scope.isolated and self.sandbox == "none"):
+            if reason := check_outside_workspace(command, root):
+                return f"Error: command refused because {reason} (commands are restricted to {where})"
         if not cwd.is_dir():
             return f"Error: working directory does not exist: {cwd}"
         return cwd
 
-    def _argv(self, command: str, cwd: Path) -> list[str]:
+    def _argv(
+        self, scope: Scope, command: str, cwd: Path, env: dict[str, str], account_fds: tuple[int, ...]
+    ) -> list[str]:
         argv = [_SHELL, "-c", command]
         if self.sandbox == "none":
             return argv
+        if scope.isolated:  # the operator's instructions beside the conversation's folder; nothing of it masked
+            read_only, masked = [p for p in scope.readable() if p.exists()], ()
+        else:
+            read_only, masked = self.read_only_paths, MASKED_WORKSPACE_DIRS
         return bwrap_argv(
             argv,
             bwrap=bwrap_executable() or "bwrap",
-            workspace=self.working_dir.resolve(),
+            workspace=scope.root.resolve(),
             cwd=cwd.resolve(),
-            env=self.env,
+            env=env,
             network=self.sandbox_network,
             extra_binds=self.binds,
             tmp_size_mb=self.limits.memory_mb,
-            read_only=[path.resolve() for path in self.read_only_paths],
+            read_only=[path.resolve() for path in read_only],
+            masked=masked,
+            account_fds=(account_fds[0], account_fds[1]) if account_fds else None,
         )
 
-    async def _run(self, command: str, cwd: Path) -> str:
+    async def _run(self, scope: Scope, command: str, cwd: Path) -> str:
+        env = {**self.env, "HOME": str(scope.root.resolve())}
         # Output goes to temporary files rather than pipes: a background child that keeps a pipe open
         # would otherwise make the wait hang until it exits, and files keep partial output on timeout.
-        with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file, \
+                _account_pipes(env["HOME"], self.sandbox == "bwrap") as account_fds:
             process = await asyncio.create_subprocess_exec(
-                *self._argv(command, cwd),
+                *self._argv(scope, command, cwd, env, account_fds),
                 cwd=cwd,
-                env=self.env,  # bwrap too: the sandbox's /proc/1/environ is bwrap's
+                env=env,  # bwrap too: the sandbox's /proc/1/environ is bwrap's
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out_file,
                 stderr=err_file,
                 start_new_session=True,  # its own process group, so a timeout can kill every child too
                 preexec_fn=_limit_setter(self._rlimits),
+                pass_fds=account_fds,
             )
             timed_out = False
             try:
@@ -450,6 +477,26 @@ def _read_capped(file: IO[bytes]) -> str:
     if size > _MAX_CAPTURE_BYTES:
         text += f"\n[... {size - _MAX_CAPTURE_BYTES} more bytes not read ...]"
     return text
+
+
+@contextlib.contextmanager
+def _account_pipes(home: str, wanted: bool) -> Iterator[tuple[int, ...]]:
+    """Two pipes holding the sandbox's /etc/passwd and /etc/group (`account_files`), their read ends yielded for
+    bwrap and closed here afterwards; nothing when not `wanted`. Both files fit in a pipe's buffer."""
+    read_ends: list[int] = []
+    try:
+        if wanted:
+            for data in account_files(home):
+                read_end, write_end = os.pipe()
+                read_ends.append(read_end)
+                try:
+                    write_all(write_end, data)
+                finally:
+                    os.close(write_end)
+        yield tuple(read_ends)
+    finally:
+        for fd in read_ends:
+            os.close(fd)
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:

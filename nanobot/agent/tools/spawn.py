@@ -9,7 +9,10 @@ from nanobot.agent.turn import turn_or_none
 
 
 class Spawner(Protocol):
-    async def spawn(self, task: str, label: str | None, channel: str, chat_id: str, session_key: str) -> str: ...
+    async def spawn(
+        self, task: str, label: str | None, channel: str, chat_id: str, session_key: str,
+        workspace_key: str | None = None,
+    ) -> str: ...
 
 
 class SpawnTool(Tool):
@@ -36,5 +39,5 @@ class SpawnTool(Tool):
         if turn is None:
             return "Error: spawn needs a conversation to report back to"
         return await self._spawner.spawn(
-            kwargs["task"], kwargs.get("label"), turn.channel, turn.chat_id, turn.session_key
+            kwargs["task"], kwargs.get("label"), turn.channel, turn.chat_id, turn.session_key, turn.workspace_key
         )
