@@ -115,7 +115,8 @@ def build_runtime(config: Config | None = None, *, own_thread: bool = False) -> 
         create_provider(config),
         spawner=CelerySpawner(config),
         cron_service=CronService(cron_store_path()),
-        admission=admission_for(config, bus),
+        # Workers only count tokens: without a daily budget they need no limits storage at all.
+        admission=admission_for(config, bus) if config.limits.llm_tokens_per_day else None,
         **shared,
     )
     thread = None
