@@ -23,7 +23,8 @@ are readable; Redis and the LAN are reachable. A root worker holding CAP_SYS_RES
 its own limits, and `maxProcesses` is never enforced for root (the kernel exempts it): it holds only for a
 non-root worker user, where it counts all of that user's processes and threads, the worker's own included.
 
-With `sandbox: "bwrap"` (see sandbox.py) a command sees only the system directories, the workspace and
+With `sandbox: "bwrap"` (see sandbox.py) a command sees only the system directories, the workspace (with
+`tools.isolation: conversation`, its conversation's folder, and the operator's instructions read-only) and
 the configured binds, not the config file, the operator's home, other conversations' histories or any
 process outside its own PID namespace (so `/proc/$PPID/environ` is the scrubbed environment too); it has
 no network unless `sandboxNetwork`, no capabilities, cannot raise its limits, and dies with the worker.
