@@ -6,6 +6,9 @@ from celery import Celery, Task
 
 import celeryconfig
 from nanobot.config import Config
+from nanobot_celery.broker_fixes import forget_default_channel_on_collect
+
+forget_default_channel_on_collect()
 
 
 class NanobotTask(Task):

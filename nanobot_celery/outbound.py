@@ -78,6 +78,11 @@ class StreamReader:
         self._backlog: list[tuple[str, str, dict[str, str]]] = []  # (stream, entry id, fields)
         self._started = False
         self.failure: str | None = None  # why the last read from Redis failed; None after one succeeded
+        # After Redis failed under us, our own pending entries are read again before new ones: a read the outage cut
+        # may have been served (the entries are ours in Redis) without the answer ever reaching us.
+        self._recover = False
+        self._handed: set[str] = set()  # entries `read` returned and `ack` has not yet seen
+        self._sent_unacked: set[tuple[str, str]] = set()  # sent to their chat, but XACK failed: acked, never resent
 
     async def _start(self) -> None:
         for stream in self.streams:
@@ -99,10 +104,29 @@ class StreamReader:
         for stream, entries in got or []:
             self._backlog.extend((stream, entry_id, fields) for entry_id, fields in entries if fields)
 
+    async def _recover_pending(self) -> None:
+        """After a failure: acknowledge what was sent while XACK failed, then take back our own pending entries that
+        we neither hold nor handed out (served to a read whose answer the outage lost)."""
+        for stream, entry_id in sorted(self._sent_unacked):
+            await self.redis.xack(stream, self.group, entry_id)
+            self._sent_unacked.discard((stream, entry_id))
+        own = await self.redis.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, "0"), count=10_000)
+        known = self._handed | {entry_id for _stream, entry_id, _fields in self._backlog}
+        before = len(self._backlog)
+        for stream, entries in own or []:
+            self._backlog.extend((stream, entry_id, fields) for entry_id, fields in entries
+                                 if fields and entry_id not in known)
+        if len(self._backlog) > before:
+            log.info("outbound: %d reply(ies) served by Redis during the outage but never received; sending them now",
+                     len(self._backlog) - before)
+        self._recover = False
+
     async def read(self) -> OutboundMessage:
         try:
             if not self._started:
                 await self._start()
+            elif self._recover:
+                await self._recover_pending()
         except Exception as exc:
             self.failure = type(exc).__name__
             raise
@@ -114,6 +138,7 @@ class StreamReader:
                     )
                 except Exception as exc:
                     self.failure = type(exc).__name__
+                    self._recover = True
                     if "NOGROUP" in str(exc):  # Redis came back without our group (no persistence): recreate it
                         self._started = False
                     raise
@@ -127,13 +152,20 @@ class StreamReader:
                 continue
             msg.metadata[STREAM_ID] = entry_id
             msg.metadata[STREAM_KEY] = stream
+            self._handed.add(entry_id)
             return msg
 
     async def ack(self, msg: OutboundMessage) -> None:
         entry_id = msg.metadata.pop(STREAM_ID, None)
         stream = msg.metadata.pop(STREAM_KEY, None)
         if entry_id and stream:
-            await self.redis.xack(stream, self.group, entry_id)
+            self._handed.discard(entry_id)
+            try:
+                await self.redis.xack(stream, self.group, entry_id)
+            except Exception:
+                self._sent_unacked.add((stream, entry_id))
+                self._recover = True
+                raise
 
 
 class PubSubReader:

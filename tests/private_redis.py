@@ -139,6 +139,12 @@ class StoppableRedis:
             self.proc.terminate()  # redis-server flushes its append-only file on SIGTERM
             self.proc.wait(10)
 
+    def kill(self) -> None:
+        """SIGKILL, as an OOM kill or a crashed node: no flush beyond what its `appendfsync always` already wrote."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
 
 @contextmanager
 def stoppable_redis_server(directory: Path) -> Iterator[StoppableRedis]:
