@@ -46,8 +46,10 @@ def judge(users: list[User], records: list[RecordedRequest], rerun_allowed: bool
     turns = [t for u in users for t in u.turns]
     lost = [t for t in turns if t.reply is None]
     wrong = [t for t in turns if t.reply is not None and t.reply != f"echo: {t.text}"]
+    why = next((t.error for t in lost if t.error), None)  # what the first unanswered turn got instead
     checks = [Check("every user got the reply to their own message, once", not lost and not wrong,
-                    f"{len(turns)} turns: {len(wrong)} wrong, {len(lost)} unanswered")]
+                    f"{len(turns)} turns: {len(wrong)} wrong, {len(lost)} unanswered"
+                    + (f" (first: {why[:120]})" if why else ""))]
 
     mixed = sum(
         1
