@@ -115,8 +115,9 @@ class Cluster:
         return proc, base
 
     def chat(self, content: str, session_id: str, key: str | None = None, timeout: float = 60,
-             base: str | None = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {API_KEY}"}
+             base: str | None = None, api_key: str = API_KEY) -> httpx.Response:
+        """One chat completion as the API client whose key is `api_key`; `key` is an Idempotency-Key."""
+        headers = {"Authorization": f"Bearer {api_key}"}
         if key:
             headers["Idempotency-Key"] = key
         body = {"messages": [{"role": "user", "content": content}], "session_id": session_id}

@@ -111,9 +111,7 @@ def test_forget_in_distributed_mode(cluster_factory: Any, fake_llm: FakeLLM, tmp
     cluster.start_gateway()
 
     def post(key: str, content: str, session: str) -> httpx.Response:
-        body = {"messages": [{"role": "user", "content": content}], "session_id": session}
-        return httpx.post(f"{cluster.base}/v1/chat/completions", json=body, timeout=90, trust_env=False,
-                          headers={"Authorization": f"Bearer {key}"})
+        return cluster.chat(content, session, api_key=key, timeout=90)
 
     fake_llm.add_rule(Rule(match="keep my secret", tool_calls=[
         {"name": "write_file", "arguments": {"path": "notes.txt", "content": SECRET}}]))

@@ -163,9 +163,7 @@ def flood_through_the_service(cluster_factory: Any, fake_llm: FakeLLM, telegram:
     cluster.start_gateway()
 
     def post(key: str, content: str, session: str) -> httpx.Response:
-        body = {"messages": [{"role": "user", "content": content}], "session_id": session}
-        return httpx.post(f"{cluster.base}/v1/chat/completions", json=body, timeout=60, trust_env=False,
-                          headers={"Authorization": f"Bearer {key}"})
+        return cluster.chat(content, session, api_key=key)
 
     # 40 requests at once from one client, in 40 conversations: 5 pass, 35 get 429 with Retry-After.
     with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
@@ -218,9 +216,7 @@ def test_a_daily_token_budget_stops_a_sender_with_the_time_it_resets(cluster_fac
     cluster.start_gateway()
 
     def post(key: str, content: str) -> httpx.Response:
-        body = {"messages": [{"role": "user", "content": content}], "session_id": "s"}
-        return httpx.post(f"{cluster.base}/v1/chat/completions", json=body, timeout=60, trust_env=False,
-                          headers={"Authorization": f"Bearer {key}"})
+        return cluster.chat(content, "s", api_key=key)
 
     spent = 0
     answered = 0
