@@ -27,6 +27,7 @@ from nanobot.config.schema import Config
 from nanobot.cron.service import CronService
 from nanobot.session.factory import SessionStore, create_session_store
 from nanobot.session.manager import SessionManager, parse_jsonl
+from nanobot.session.redis_manager import RedisSessionManager
 
 
 @dataclass
@@ -80,7 +81,7 @@ def list_conversations(config: Config, cron: CronService) -> list[Conversation]:
             conversation = found.setdefault(key, Conversation(key))
             conversation.last_activity = max(filter(None, (conversation.last_activity, info.get("updated_at"))),
                                              default=None)
-            text = _history_text(store, key)
+            text = store.load_text(key)
             if text is not None:
                 records, _ = parse_jsonl(text, key)
                 conversation.messages = max(conversation.messages, sum(1 for r in records if "role" in r))
@@ -124,26 +125,11 @@ def forget(config: Config, cron: CronService, key: str, removed: Removed) -> lis
     return keys
 
 
-def _history_text(store: SessionStore, key: str) -> str | None:
-    if isinstance(store, SessionManager):
-        path = store.path_for(key)
-        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else None
-    load_text = getattr(store, "load_text", None)
-    return load_text(key) if load_text is not None else None
-
-
 def _delete_history(store: SessionStore, key: str, removed: Removed) -> None:
-    if isinstance(store, SessionManager):
-        path = store.path_for(key)
-        copies = [path, path.with_name(f".{path.name}.lock"), *path.parent.glob(f"{path.name}.malformed-*")]
-        for copy in copies:
-            if copy.is_file() or copy.is_symlink():
-                copy.unlink()
-                removed.add(f"history file {copy}")
-        store.invalidate(key)
-        return
-    delete = getattr(store, "delete", None)
-    if delete is not None and delete(key):
+    if isinstance(store, SessionManager):  # the file, its lock file and malformed copies: each is listed
+        for path in store.delete(key):
+            removed.add(f"history file {path}")
+    elif isinstance(store, RedisSessionManager) and store.delete(key):
         removed.add(f"history of {key} in Redis")
 
 

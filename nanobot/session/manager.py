@@ -137,9 +137,17 @@ def _legacy_filename(key: str) -> str:
     return re.sub(r"[:/\\<>|?*\"\x00-\x1f]", "_", key) + ".jsonl"
 
 
+def _lock_file(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def _malformed_copy(path: Path, stamp: int | str) -> Path:
+    return path.with_name(f"{path.name}.malformed-{stamp}")
+
+
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    with path.with_name(f".{path.name}.lock").open("a") as handle:
+    with _lock_file(path).open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -250,7 +258,7 @@ class SessionManager(SessionCache):
             return None
         records, bad = parse_jsonl(path.read_text(encoding="utf-8"), str(path))
         if bad:
-            keep = path.with_name(f"{path.name}.malformed-{int(time.time())}")
+            keep = _malformed_copy(path, int(time.time()))
             keep.write_bytes(path.read_bytes())
             log.warning("session %s: %d malformed line(s); original kept at %s", key, bad, keep)
         return Session.from_records(key, records)
@@ -271,13 +279,22 @@ class SessionManager(SessionCache):
                 os.replace(tmp, path)
         self._remember(session)
 
-    def delete(self, key: str) -> bool:
+    def load_text(self, key: str) -> str | None:
+        """The session file's text as stored, or None when there is none."""
+        path = self.path_for(key)
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else None
+
+    def delete(self, key: str) -> list[Path]:
+        """Remove the session's file, its lock file and the copies kept of malformed versions; returns those
+        removed (empty: there was nothing)."""
         self.invalidate(key)
         path = self.path_for(key)
-        if path.exists():
-            path.unlink()
-            return True
-        return False
+        removed = []
+        for file in (path, _lock_file(path), *path.parent.glob(_malformed_copy(path, "*").name)):
+            if file.is_file() or file.is_symlink():
+                file.unlink()
+                removed.append(file)
+        return removed
 
     def list_sessions(self) -> list[dict[str, Any]]:
         """Every stored session's key, times and path, most recently updated first."""
