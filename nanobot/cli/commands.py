@@ -16,6 +16,7 @@ from nanobot import __logo__, __version__
 from nanobot.cli.conversations import conversations_app
 from nanobot.cli.deadletters import deadletters_app
 from nanobot.cli.output import console, err, fail
+from nanobot.cli.preflight import require_redis
 from nanobot.config.loader import ConfigError, config_path, cron_store_path, load_config, save_config
 from nanobot.config.schema import Config
 from nanobot.logs import chosen_format, setup_logging
@@ -92,18 +93,9 @@ def _make_agent(config: Config) -> Any:
 
         from nanobot.session.factory import shared_turn_options
 
-        _require_redis(config)
+        require_redis(config)
         extra = shared_turn_options(config, aioredis.Redis.from_url(config.bus.redis_url, decode_responses=True))
     return AgentLoop.from_config(config, MessageBus(), provider, cron_service=CronService(cron_store_path()), **extra)
-
-
-def _require_redis(config: Config) -> None:
-    from nanobot.bus.factory import BusUnavailableError, check_distributed_ready
-
-    try:
-        check_distributed_ready(config)
-    except BusUnavailableError as exc:
-        raise fail(str(exc)) from exc
 
 
 @app.command()
@@ -215,7 +207,7 @@ def worker(
         )
     except BusUnavailableError as exc:
         raise fail(str(exc)) from exc
-    _require_redis(config)
+    require_redis(config)
     if chosen_format(config.logging) == "text":  # JSON logs: one object per line, nothing else on stderr
         err.print(" ".join(argv[2:]))
     os.execv(argv[0], argv)
@@ -225,7 +217,7 @@ def worker(
 def _stores(config: Config) -> tuple[Any, Any]:
     from nanobot.session.factory import create_session_store
 
-    _require_redis(config)
+    require_redis(config)
     return create_session_store(config, "file"), create_session_store(config, "redis")
 
 
@@ -239,7 +231,7 @@ def sessions_list(
     config = _load()
     chosen = backend or config.sessions.backend
     if chosen == "redis":
-        _require_redis(config)
+        require_redis(config)
     table = Table(title=f"Sessions ({chosen})")
     for col in ("key", "updated", "created"):
         table.add_column(col)

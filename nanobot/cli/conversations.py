@@ -15,10 +15,11 @@ from rich.table import Table
 from nanobot.admission.gate import person
 from nanobot.admission.rules import CHAT_CHANNELS
 from nanobot.cli.output import console, fail
+from nanobot.cli.preflight import require_redis
 from nanobot.config.loader import ConfigError, cron_store_path, load_config
 from nanobot.config.schema import Config
 from nanobot.cron.service import CronService
-from nanobot.privacy.traces import Removed, forget, keys_of_sender, list_conversations
+from nanobot.privacy.traces import Removed, forget, keys_of_sender, list_conversations, session_keys_of
 
 conversations_app = typer.Typer(help="Conversations: list them, forget one person.", no_args_is_help=True)
 
@@ -34,14 +35,8 @@ def _config() -> Config:
 
 def _ready(config: Config) -> None:
     """Fail in one line when the Redis this config uses does not answer."""
-    if config.bus.backend != "celery" and config.sessions.backend != "redis":
-        return
-    from nanobot.bus.factory import BusUnavailableError, check_distributed_ready
-
-    try:
-        check_distributed_ready(config)
-    except BusUnavailableError as exc:
-        raise fail(str(exc)) from exc
+    if config.bus.backend == "celery" or config.sessions.backend == "redis":
+        require_redis(config)
 
 
 @conversations_app.command("list")
@@ -91,8 +86,7 @@ def conversations_forget(
         channel, _, chat = key.partition(":")
         senders = [(channel, person(chat))] if channel in CHAT_CHANNELS and chat else []
     removed = Removed()
-    jobs = cron.list_jobs(include_disabled=True)
-    session_keys = [k for each in keys for k in (each, *(f"cron:{j.id}" for j in jobs if j.owner == each))]
+    session_keys = [k for each in keys for k in session_keys_of(cron, each)]
     if config.bus.backend == "celery":  # first: it refuses a conversation whose turn is running, removing nothing
         _forget_in_redis(config, session_keys, removed, senders)
     for each in keys:

@@ -108,21 +108,23 @@ def keys_of_sender(sender: str, known: Iterable[str]) -> list[str]:
     return sorted(own)
 
 
-def forget(config: Config, cron: CronService, key: str, removed: Removed) -> list[str]:
-    """Remove the conversation `key`'s files, history, memory and cron jobs (with their own turns' histories);
-    returns the session keys whose traces were looked for (`key` and its jobs' `cron:<id>`)."""
-    keys = [key]
+def session_keys_of(cron: CronService, key: str) -> list[str]:
+    """The sessions that hold a conversation's traces: its own, and its cron jobs' turns (`cron:<job id>`)."""
+    return [key, *(f"cron:{job.id}" for job in cron.list_jobs(include_disabled=True) if job.owner == key)]
+
+
+def forget(config: Config, cron: CronService, key: str, removed: Removed) -> None:
+    """Remove the conversation `key`'s files, history, memory and cron jobs (with their own turns' histories)."""
+    keys = session_keys_of(cron, key)
     for job in cron.list_jobs(include_disabled=True):
         if job.owner == key and cron.remove_job(job.id):
             removed.add(f"cron job {job.id} ({job.name!r})")
-            keys.append(f"cron:{job.id}")
     workspace = config.workspace_path
     for each in keys:
         for store in stores(config):
             _delete_history(store, each, removed)
         _remove_folder(MemoryStore.for_conversation(workspace, each).dir, f"memory of {each}", removed)
     _remove_folder(conversation_folder(workspace, key), f"folder of {key}", removed)
-    return keys
 
 
 def _delete_history(store: SessionStore, key: str, removed: Removed) -> None:
