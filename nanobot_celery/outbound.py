@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Set as AbstractSet
 from contextvars import ContextVar
 from typing import Any
 
@@ -91,8 +92,7 @@ class StreamReader:
             except Exception as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        own = await self.redis.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, "0"), count=10_000)
-        self._keep(own)
+        await self._take_back_own()
         shared = self.streams[0]
         claimed = await self.redis.xautoclaim(shared, self.group, self.name, self.claim_idle_ms, "0-0", count=1000)
         self._backlog.extend((shared, entry_id, fields) for entry_id, fields in claimed[1] if fields)
@@ -100,9 +100,18 @@ class StreamReader:
             log.info("outbound: %d reply(ies) left unsent by an earlier run; sending them now", len(self._backlog))
         self._started = True
 
-    def _keep(self, got: Any) -> None:
+    def _keep(self, got: Any, skip: AbstractSet[str] = frozenset()) -> None:
         for stream, entries in got or []:
-            self._backlog.extend((stream, entry_id, fields) for entry_id, fields in entries if fields)
+            self._backlog.extend((stream, entry_id, fields) for entry_id, fields in entries
+                                 if fields and entry_id not in skip)
+
+    async def _take_back_own(self) -> int:
+        """Queue our own pending entries (delivered to this consumer, never acknowledged) that we neither hold nor
+        handed out; returns how many."""
+        own = await self.redis.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, "0"), count=10_000)
+        before = len(self._backlog)
+        self._keep(own, skip=self._handed | {entry_id for _stream, entry_id, _fields in self._backlog})
+        return len(self._backlog) - before
 
     async def _recover_pending(self) -> None:
         """After a failure: acknowledge what was sent while XACK failed, then take back our own pending entries that
@@ -110,15 +119,9 @@ class StreamReader:
         for stream, entry_id in sorted(self._sent_unacked):
             await self.redis.xack(stream, self.group, entry_id)
             self._sent_unacked.discard((stream, entry_id))
-        own = await self.redis.xreadgroup(self.group, self.name, dict.fromkeys(self.streams, "0"), count=10_000)
-        known = self._handed | {entry_id for _stream, entry_id, _fields in self._backlog}
-        before = len(self._backlog)
-        for stream, entries in own or []:
-            self._backlog.extend((stream, entry_id, fields) for entry_id, fields in entries
-                                 if fields and entry_id not in known)
-        if len(self._backlog) > before:
+        if taken := await self._take_back_own():
             log.info("outbound: %d reply(ies) served by Redis during the outage but never received; sending them now",
-                     len(self._backlog) - before)
+                     taken)
         self._recover = False
 
     async def read(self) -> OutboundMessage:

@@ -57,7 +57,7 @@ class _FileTool(Tool):
         )
         if scope.isolated:
             also = [] if writing else scope.readable()
-            return Confinement(scope.root, protected, root_name="this conversation's folder", also=also)
+            return Confinement(scope.root, protected, root_name=scope.name, also=also)
         return Confinement(self.allowed_dir or Path("/"), protected)
 
     async def execute(self, **kwargs: Any) -> str:

@@ -64,8 +64,7 @@ class MessageTool(Tool):
     def _media_paths(self, scope: Scope, paths: list[str]) -> list[str]:
         """The outbox copies of `paths`; raises ValueError (or AccessDenied, OSError) naming the first refused."""
         protected = protected_paths(self.workspace, in_conversation=scope.isolated)
-        name = "this conversation's folder" if scope.isolated else "the workspace"
-        confinement = Confinement(scope.root, protected, root_name=name)
+        confinement = Confinement(scope.root, protected, root_name=scope.name)
         with ExitStack() as stack:
             sources: list[tuple[Opened, str]] = []
             for path in paths:

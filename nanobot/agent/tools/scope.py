@@ -37,6 +37,11 @@ class Scope:
     """The agent's (shared) workspace: its histories, memory and instructions live there."""
     isolated: bool
 
+    @property
+    def name(self) -> str:
+        """How refusals name the root."""
+        return "this conversation's folder" if self.isolated else "the workspace"
+
     def readable(self) -> list[Path]:
         """Paths outside `root` that tools may read (never write), resolved: the operator's instructions and skills,
         when the root is a conversation's folder."""

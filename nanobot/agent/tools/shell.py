@@ -371,12 +371,11 @@ class ExecTool(Tool):
         if working_dir:
             cwd = (scope.root / Path(working_dir).expanduser()).resolve()
         root = scope.root.resolve()
-        where = "this conversation's folder" if scope.isolated else "the workspace"
         if (self.restrict_to_workspace or scope.isolated) and not cwd.resolve().is_relative_to(root):
-            return f"Error: working_dir {cwd} is outside {where} {root}"
+            return f"Error: working_dir {cwd} is outside {scope.name} {root}"
         if self.restrict_to_workspace or (scope.isolated and self.sandbox == "none"):
             if reason := check_outside_workspace(command, root):
-                return f"Error: command refused because {reason} (commands are restricted to {where})"
+                return f"Error: command refused because {reason} (commands are restricted to {scope.name})"
         if not cwd.is_dir():
             return f"Error: working directory does not exist: {cwd}"
         return cwd
